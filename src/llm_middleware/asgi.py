@@ -1,0 +1,182 @@
+"""Pure ASGI middleware (never ``BaseHTTPMiddleware``): Starlette, FastAPI, any ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .deadline import Deadline
+from .engine import CompiledRule, Engine
+from .exchange import Headers, RequestExchange
+from .observability import log_internal_error, server_timing
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_MARK = "llm_middleware"
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class LLMMiddleware:
+    """``LLMMiddleware(app, config=None, **config_kwargs)``; views read ``request.state.llm``."""
+
+    def __init__(self, app: ASGIApp, config: Any = None, **config_kwargs: Any) -> None:
+        self.app = app
+        self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return await self.app(scope, receive, self._lifespan_send(send))
+            return await self.app(scope, receive, send)
+        if SCOPE_MARK in scope:  # wrapped twice: the outer instance already handled it
+            return await self.app(scope, receive, send)
+        rule = self.engine.match(scope["method"], _route_path(scope))
+        if rule is None:
+            return await self.app(scope, receive, send)
+        await _Responder(self.app, self.engine, rule).run(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                try:
+                    await self.engine.aclose()
+                except Exception as exc:
+                    log_internal_error("aclose", exc)
+            await send(message)
+
+        return wrapped
+
+
+def _route_path(scope: Scope) -> str:
+    # Match on the path inside the mount point, as Starlette's routing does.
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :] or "/"
+    return path
+
+
+class _Responder:
+    """Per-request state; the middleware instance holds none."""
+
+    __slots__ = ("app", "engine", "rule", "buffered", "more_body")
+
+    def __init__(self, app: ASGIApp, engine: Engine, rule: CompiledRule) -> None:
+        self.app = app
+        self.engine = engine
+        self.rule = rule
+        self.buffered: list[Message] = []
+        self.more_body = False
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            scope, send = await self._before(scope, receive, send)
+        except Exception as exc:  # ours, never the app's: pass the request through untouched
+            log_internal_error("asgi", exc)
+            scope = dict(scope)
+            scope[SCOPE_MARK] = True
+        await self.app(scope, self._replay(receive), send)
+
+    async def _before(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Send]:
+        deadline = Deadline(self.rule.budget_s)
+        headers = Headers.from_asgi(scope["headers"])
+        client = scope.get("client")
+        exchange = RequestExchange(
+            scope["method"],
+            _route_path(scope),
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            client_key=self.engine.client_key(headers, client[0] if client else None),
+        )
+        if self.rule.needs_body:
+            await self._read_body(exchange, receive)
+        result = await self.engine.process_request(self.rule, exchange, deadline)
+
+        scope = dict(scope)
+        scope[SCOPE_MARK] = True
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["llm"] = result
+        if exchange.new_query_string is not None:
+            scope["query_string"] = exchange.new_query_string.encode("latin-1")
+        if exchange.new_body is not None and not self.more_body:
+            body = exchange.new_body
+            self.buffered = [{"type": "http.request", "body": body, "more_body": False}]
+            scope["headers"] = [
+                (k, v) for k, v in scope["headers"] if k.lower() != b"content-length"
+            ] + [(b"content-length", str(len(body)).encode("latin-1"))]
+        if self.engine.config.server_timing:
+            send = _with_server_timing(send, result)
+        return scope, send
+
+    async def _read_body(self, exchange: RequestExchange, receive: Receive) -> None:
+        headers = exchange.headers
+        if (headers.get("content-type") or "").lower().startswith("multipart/"):
+            exchange.body_skip_reason = "unsupported_content_type"
+            return
+        declared = headers.get("content-length")
+        if declared is None:
+            if "transfer-encoding" in headers or exchange.method not in _BODYLESS_METHODS:
+                exchange.body_skip_reason = "streaming_body"  # passed through unread
+            else:
+                exchange.body = b""
+            return
+        if not declared.strip().isdigit():
+            exchange.body_skip_reason = "bad_content_length"
+            return
+        cap = self.rule.max_body_bytes
+        if int(declared) > cap:
+            exchange.body_skip_reason = "body_too_large"
+            return
+        # Buffer until more_body is False (capped), as Starlette's _CachedRequest does.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            self.buffered.append(message)
+            if message["type"] != "http.request":  # http.disconnect: replay it as it came
+                exchange.body_skip_reason = "client_disconnected"
+                return
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                self.more_body = message.get("more_body", False)
+                exchange.body_skip_reason = "body_too_large"
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        exchange.body = body
+        # One message with the whole body replaces what was buffered.
+        self.buffered = [{"type": "http.request", "body": body, "more_body": False}]
+
+    def _replay(self, receive: Receive) -> Receive:
+        if not self.buffered:
+            return receive
+        buffered = self.buffered
+
+        async def replay() -> Message:
+            if buffered:
+                return buffered.pop(0)
+            return await receive()  # then the real channel, so http.disconnect still arrives
+
+        return replay
+
+
+def _with_server_timing(send: Send, result: Any) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [
+                *message.get("headers", []),
+                (b"server-timing", server_timing(result).encode("latin-1")),
+            ]
+        await send(message)
+
+    return wrapped

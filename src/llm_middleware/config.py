@@ -1,0 +1,300 @@
+"""Configuration: one pydantic schema for dicts, settings, TOML and objects."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Anthropic",
+    "Config",
+    "ConfigError",
+    "IntentExtraction",
+    "OpenAICompatible",
+    "PIIMasking",
+    "Prompt",
+    "ResponseEnrichment",
+    "Rule",
+    "load_config",
+]
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_SOURCE_RE = re.compile(r"^(query:.+|form:.+|json:(/.*)?|header:.+|body)$")
+
+
+class ConfigError(ValueError):
+    """Raised at start-up for an invalid configuration; the message names rule and field."""
+
+
+def import_string(dotted: str) -> Any:
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{dotted!r} is not a dotted path like 'package.module.Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _import_schema(value: Any) -> Any:
+    if isinstance(value, str):
+        value = import_string(value)
+    if not (isinstance(value, type) and issubclass(value, BaseModel)):
+        raise ValueError(f"schema must be a pydantic model class or its dotted path, got {value!r}")
+    return value
+
+
+SchemaClass = Annotated[type[BaseModel], BeforeValidator(_import_schema)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OpenAICompatible(_Model):
+    """An OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    # "json_schema": response_format={"type": "json_schema", ...} (OpenAI, vLLM, Ollama).
+    # "json_object": {"type": "json_object", "schema": {...}} (llama-cpp-python's server).
+    # "none": no response_format; the schema is only described in the prompt.
+    dialect: Literal["json_schema", "json_object", "none"] = "json_schema"
+    timeout_ms: int = Field(default=30_000, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    temperature: float | None = 0.0
+    max_tokens: int | None = Field(default=512, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def label(self) -> str:
+        return f"openai:{self.model}@{self.base_url}"
+
+
+class Anthropic(_Model):
+    """Anthropic Messages API; structured output through a tool with an input schema."""
+
+    kind: Literal["anthropic"] = "anthropic"
+    base_url: str = "https://api.anthropic.com"
+    model: str
+    api_key_env: str | None = "ANTHROPIC_API_KEY"
+    anthropic_version: str = "2023-06-01"
+    timeout_ms: int = Field(default=30_000, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    temperature: float | None = 0.0
+    max_tokens: int = Field(default=512, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def label(self) -> str:
+        return f"anthropic:{self.model}@{self.base_url}"
+
+
+Provider = Annotated[OpenAICompatible | Anthropic, Field(discriminator="kind")]
+
+
+class Prompt(_Model):
+    """A versioned prompt. ``{input}`` in ``user`` is replaced by the delimited input text,
+    ``{schema}`` (in either) by the JSON schema of the expected output."""
+
+    name: str
+    version: str = "1"
+    system: str
+    user: str = "{input}"
+
+
+class IntentExtraction(_Model):
+    type: Literal["intent"] = "intent"
+    name: str | None = None
+    schema_: SchemaClass = Field(alias="schema")
+    source: str = "query:q"
+    prompt: Prompt | None = None
+    # Issue #5 (request rewriting) builds on these two fields.
+    rewrite: dict[str, str] = Field(default_factory=dict)
+    rewrite_overwrite: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        return _check_location(value)
+
+
+class PIIMasking(_Model):
+    type: Literal["pii_masking"] = "pii_masking"
+    name: str | None = None
+    entities: list[str] | None = None
+    strategy: Literal["placeholder", "redact", "hash", "partial"] = "placeholder"
+    salt_env: str | None = None
+    targets: list[Literal["query", "body", "response"]] = ["query", "body"]
+
+
+class ResponseEnrichment(_Model):
+    type: Literal["enrichment"] = "enrichment"
+    name: str | None = None
+    schema_: SchemaClass = Field(alias="schema")
+    source: str = "json:"
+    into: str = "json:/llm"
+    prompt: Prompt | None = None
+
+    @field_validator("source", "into")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        return _check_location(value)
+
+
+InterceptorConfig = Annotated[
+    IntentExtraction | PIIMasking | ResponseEnrichment, Field(discriminator="type")
+]
+
+
+def _check_location(value: str) -> str:
+    if not _SOURCE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a source; "
+            "use query:NAME, form:NAME, json:/pointer, header:NAME or body"
+        )
+    if value.startswith("json:") and value != "json:" and not value.startswith("json:/"):
+        raise ValueError(f"{value!r}: a JSON pointer starts with '/'")
+    return value
+
+
+class Rule(_Model):
+    path: str
+    methods: list[str] | None = None
+    budget_ms: int = Field(default=800, gt=0, le=600_000)
+    mode: Literal["enforce", "shadow", "off"] = "enforce"
+    sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_body_bytes: int | None = Field(default=None, gt=0)
+    interceptors: list[InterceptorConfig] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        upper = [m.upper() for m in value]
+        unknown = sorted(set(upper) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+        return upper
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        from .routing import compile_path  # routing imports config types only lazily
+
+        compile_path(value)  # raises ValueError with a precise message
+        return value
+
+
+class Config(_Model):
+    providers: list[Provider] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_response_bytes: int = Field(default=1_048_576, gt=0)
+    max_llm_response_bytes: int = Field(default=1_048_576, gt=0)
+    max_in_flight: int = Field(default=64, gt=0)
+    cache_ttl_s: float = Field(default=300.0, ge=0)
+    cache_size: int = Field(default=2048, ge=0)
+    breaker_failures: int = Field(default=5, gt=0)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    client_key_header: str | None = None
+    server_timing: bool = False
+
+    @model_validator(mode="after")
+    def _needs_provider(self) -> Config:
+        for index, rule in enumerate(self.rules):
+            uses_llm = any(not isinstance(i, PIIMasking) for i in rule.interceptors)
+            if uses_llm and not self.providers and rule.mode != "off":
+                raise ValueError(
+                    f"rules[{index}] ({rule.path}) uses an LLM interceptor "
+                    "but no providers are configured"
+                )
+        return self
+
+
+def _format_error(exc: ValidationError, data: Any) -> str:
+    lines = ["invalid LLM_MIDDLEWARE configuration:"]
+    for err in exc.errors():
+        loc = err["loc"]
+        parts: list[str] = []
+        for item in loc:
+            if isinstance(item, int):
+                parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+            elif item in {"intent", "pii_masking", "enrichment", "openai", "anthropic"}:
+                continue  # discriminator tags pydantic inserts into the location
+            else:
+                parts.append(str(item))
+        where = ".".join(parts) or "(root)"
+        rule_path = _rule_path(loc, data)
+        if rule_path:
+            where += f" (rule path {rule_path!r})"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _rule_path(loc: tuple[int | str, ...], data: Any) -> str | None:
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rules = data.get("rules") if isinstance(data, Mapping) else getattr(data, "rules", None)
+        try:
+            rule = rules[loc[1]]  # type: ignore[index]
+        except (TypeError, IndexError, KeyError):
+            return None
+        path = rule.get("path") if isinstance(rule, Mapping) else getattr(rule, "path", None)
+        return path if isinstance(path, str) else None
+    return None
+
+
+def load_config(
+    config: Config | Mapping[str, Any] | str | Path | None = None, **kwargs: Any
+) -> Config:
+    """Validate a ``Config``, a mapping, a TOML file path, or keyword arguments."""
+    if isinstance(config, Config) and not kwargs:
+        return config
+    data: dict[str, Any]
+    if config is None:
+        data = {}
+    elif isinstance(config, Config):
+        data = dict(config)
+    elif isinstance(config, str | Path):
+        with open(config, "rb") as fh:
+            raw = tomllib.load(fh)
+        data = dict(raw.get("llm_middleware", raw))
+    elif isinstance(config, Mapping):
+        data = {str(k).lower(): v for k, v in config.items()}
+    else:
+        raise ConfigError(f"config must be a Config, a mapping or a TOML path, not {config!r}")
+    data.update(kwargs)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, data)) from None

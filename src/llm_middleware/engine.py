@@ -1,0 +1,205 @@
+"""Runs a rule's interceptors inside one deadline and turns every failure into an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from .config import (
+    Config,
+    ConfigError,
+    IntentExtraction,
+    PIIMasking,
+    ResponseEnrichment,
+    Rule,
+    load_config,
+)
+from .deadline import Deadline
+from .exchange import Headers, RequestExchange, SourceError
+from .interceptors.base import Interceptor, RequestContext
+from .interceptors.intent import IntentInterceptor
+from .llm import CallStats, LLMClient, LLMError
+from .observability import log_internal_error, log_request
+from .result import LLMResult
+from .routing import Router
+
+__all__ = ["CompiledRule", "Engine"]
+
+MAX_BACKGROUND_TASKS = 256
+
+
+class CompiledRule:
+    __slots__ = (
+        "index", "config", "label", "interceptors", "needs_body", "budget_s", "max_body_bytes",
+        "mode", "sample_threshold",
+    )  # fmt: skip
+
+    def __init__(self, index: int, rule: Rule, interceptors: Sequence[Interceptor], config: Config):
+        self.index = index
+        self.config = rule
+        self.label = rule.path
+        # Masking runs before anything that could send text to a provider.
+        self.interceptors = sorted(interceptors, key=lambda i: not i.runs_first)
+        self.needs_body = any(i.needs_body for i in interceptors)
+        self.budget_s = rule.budget_ms / 1000.0
+        self.max_body_bytes = rule.max_body_bytes or config.max_body_bytes
+        self.mode = rule.mode
+        self.sample_threshold = int(rule.sample * 10_000)
+
+    def sampled(self, client_key: str) -> bool:
+        if self.sample_threshold >= 10_000:
+            return True
+        return zlib.crc32(f"{self.index}:{client_key}".encode()) % 10_000 < self.sample_threshold
+
+    def __repr__(self) -> str:
+        return f"<CompiledRule {self.index} {self.label!r}>"
+
+
+def build_interceptor(cfg: Any, name: str) -> Interceptor:
+    if isinstance(cfg, IntentExtraction):
+        return IntentInterceptor(cfg, name)
+    if isinstance(cfg, PIIMasking):
+        raise ConfigError(f"{name}: PII masking is not available in this version yet")
+    if isinstance(cfg, ResponseEnrichment):
+        raise ConfigError(f"{name}: response enrichment is not available in this version yet")
+    raise TypeError(f"unknown interceptor config {cfg!r}")
+
+
+class Engine:
+    """Framework-free core shared by every adapter."""
+
+    def __init__(self, config: Config | Any = None, **kwargs: Any) -> None:
+        self.config: Config = load_config(config, **kwargs)
+        self.llm = LLMClient(self.config)
+        rules: list[tuple[str, frozenset[str] | None, CompiledRule]] = []
+        for index, rule in enumerate(self.config.rules):
+            if rule.mode == "off":
+                continue
+            seen: dict[str, int] = {}
+            interceptors = []
+            for cfg in rule.interceptors:
+                base = cfg.name or cfg.type
+                seen[base] = seen.get(base, 0) + 1
+                name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+                interceptors.append(build_interceptor(cfg, name))
+            methods = frozenset(rule.methods) if rule.methods is not None else None
+            rules.append((rule.path, methods, CompiledRule(index, rule, interceptors, self.config)))
+        self.router: Router[CompiledRule] = Router(rules)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def match(self, method: str, path: str) -> CompiledRule | None:
+        return self.router.match(method, path)
+
+    def client_key(self, headers: Headers, peer: str | None) -> str:
+        header = self.config.client_key_header
+        if header:
+            value = headers.get(header)
+            if value:
+                return value
+        return peer or ""
+
+    async def process_request(
+        self, rule: CompiledRule, exchange: RequestExchange, deadline: Deadline
+    ) -> LLMResult:
+        """Never raises (but for cancellation). In shadow mode the work goes to the background
+        and the request sees only ``shadow`` outcomes."""
+        if rule.mode == "shadow":
+            result = LLMResult(rule=rule.label)
+            for icpt in rule.interceptors:
+                result.record(icpt.name, "shadow")
+            if len(self._background) < MAX_BACKGROUND_TASKS:
+                shadow = _clone(exchange)
+                task = asyncio.get_running_loop().create_task(
+                    self._run(rule, shadow, Deadline(rule.budget_s))
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return result
+        return await self._run(rule, exchange, deadline)
+
+    async def _run(
+        self, rule: CompiledRule, exchange: RequestExchange, deadline: Deadline
+    ) -> LLMResult:
+        result = LLMResult(rule=rule.label)
+        stats = CallStats()
+        try:
+            if not rule.sampled(exchange.client_key):
+                for icpt in rule.interceptors:
+                    result.record(icpt.name, "skipped", "sampled_out")
+            else:
+                await self._run_interceptors(rule, exchange, deadline, result, stats)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must never reach the host app
+            log_internal_error("engine", exc)
+            exchange.new_body = exchange.new_query_string = None
+            for icpt in rule.interceptors:
+                result.outcomes.setdefault(icpt.name, "error")
+        result.added_ms = deadline.elapsed_ms()
+        try:
+            log_request(
+                rule=rule.label, method=exchange.method, mode=rule.mode, result=result, stats=stats
+            )
+        except Exception as exc:
+            log_internal_error("log_request", exc)
+        return result
+
+    async def _run_interceptors(
+        self,
+        rule: CompiledRule,
+        exchange: RequestExchange,
+        deadline: Deadline,
+        result: LLMResult,
+        stats: CallStats,
+    ) -> None:
+        ctx = RequestContext(exchange, deadline, result, stats, self.llm)
+        for icpt in rule.interceptors:
+            if icpt.uses_llm and ctx.privacy_failed:
+                # Masking failed on this rule: nothing may be sent to a provider.
+                result.record(icpt.name, "skipped", "pii_masking_failed")
+                continue
+            remaining = deadline.remaining()
+            if remaining <= 0 and icpt.uses_llm:
+                result.record(icpt.name, "timeout", "budget_exhausted")
+                continue
+            body, query = exchange.new_body, exchange.new_query_string
+            try:
+                async with asyncio.timeout(remaining if icpt.uses_llm else None):
+                    outcome = await icpt.on_request(ctx)
+            except TimeoutError:
+                result.record(icpt.name, "timeout", "deadline")
+            except SourceError as exc:
+                result.record(icpt.name, "skipped", exc.reason)
+            except LLMError as exc:
+                result.record(icpt.name, exc.outcome, exc.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log_internal_error(icpt.name, exc)
+                result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
+            else:
+                result.record(icpt.name, outcome)
+                continue
+            # Passthrough: undo whatever the failed interceptor changed.
+            exchange.new_body, exchange.new_query_string = body, query
+            if not icpt.uses_llm and icpt.runs_first:
+                ctx.privacy_failed = True
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.llm.aclose()
+
+
+def _clone(exchange: RequestExchange) -> RequestExchange:
+    return RequestExchange(
+        exchange.method,
+        exchange.path,
+        exchange.query_string,
+        exchange.headers,
+        exchange.body,
+        body_skip_reason=exchange.body_skip_reason,
+        client_key=exchange.client_key,
+    )

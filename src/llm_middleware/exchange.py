@@ -1,0 +1,217 @@
+"""A framework-neutral view of one request: what adapters fill in and interceptors read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+__all__ = ["Headers", "RequestExchange", "SourceError", "json_pointer_get", "read_source"]
+
+
+class SourceError(Exception):
+    """The interceptor's input is not there or not usable; ``reason`` is a stable short code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class Headers:
+    """Read-only, case-insensitive, multi-valued headers (names stored lower-case)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = [(k.lower(), v) for k, v in items]
+
+    @classmethod
+    def from_asgi(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+        self = cls.__new__(cls)
+        self._items = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+        return self
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for key, value in self._items:
+            if key == name:
+                return value
+        return default
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __repr__(self) -> str:  # header values may be secrets: names only
+        return f"Headers({[k for k, _ in self._items]!r})"
+
+
+class RequestExchange:
+    """One request as interceptors see it. ``body`` is ``None`` when it was not read
+    (``body_skip_reason`` says why). Interceptors write ``new_body`` / ``new_query_string``;
+    adapters apply them."""
+
+    __slots__ = (
+        "method",
+        "path",
+        "query_string",
+        "headers",
+        "body",
+        "body_skip_reason",
+        "client_key",
+        "new_body",
+        "new_query_string",
+        "_json",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: Headers,
+        body: bytes | None = None,
+        *,
+        body_skip_reason: str | None = None,
+        client_key: str = "",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        self.body = body
+        self.body_skip_reason = body_skip_reason
+        self.client_key = client_key
+        self.new_body: bytes | None = None
+        self.new_query_string: str | None = None
+        self._json: tuple[bytes, Any] | None = None
+
+    @property
+    def content_type(self) -> str:
+        value = self.headers.get("content-type") or ""
+        return value.split(";", 1)[0].strip().lower()
+
+    @property
+    def current_body(self) -> bytes | None:
+        return self.new_body if self.new_body is not None else self.body
+
+    @property
+    def current_query_string(self) -> str:
+        return self.new_query_string if self.new_query_string is not None else self.query_string
+
+    def body_text(self) -> str:
+        body = self.current_body
+        if body is None:
+            raise SourceError(self.body_skip_reason or "body_not_read")
+        charset = _charset(self.headers.get("content-type") or "")
+        try:
+            return body.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise SourceError("undecodable", f"body is not valid {charset}") from None
+
+    def body_json(self) -> Any:
+        body = self.current_body
+        if body is None:
+            raise SourceError(self.body_skip_reason or "body_not_read")
+        if self._json is not None and self._json[0] is body:
+            return self._json[1]
+        if not is_json_type(self.content_type):
+            raise SourceError("unsupported_content_type", self.content_type or "none")
+        try:
+            value = json.loads(body)
+        except UnicodeDecodeError:
+            raise SourceError("undecodable", "body is not UTF-8") from None
+        except ValueError:
+            raise SourceError("body_not_json") from None
+        self._json = (body, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"RequestExchange({self.method} {self.path})"
+
+
+def is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _charset(content_type: str) -> str:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return "utf-8"
+
+
+def json_pointer_get(document: Any, pointer: str) -> Any:
+    """RFC 6901. Raises ``KeyError`` when the pointer does not resolve."""
+    if pointer == "":
+        return document
+    current = document
+    for token in pointer[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(current, dict):
+            current = current[token]
+        elif isinstance(current, list):
+            if not token.isdigit():
+                raise KeyError(token)
+            try:
+                current = current[int(token)]
+            except IndexError:
+                raise KeyError(token) from None
+        else:
+            raise KeyError(token)
+    return current
+
+
+def read_source(exchange: RequestExchange, source: str) -> str:
+    """The text an interceptor reads: ``query:``, ``form:``, ``json:``, ``header:`` or ``body``."""
+    kind, _, name = source.partition(":")
+    if kind == "query":
+        for key, value in _parse_pairs(exchange.current_query_string):
+            if key == name:
+                return _non_empty(value)
+        raise SourceError("source_missing", f"no query parameter {name!r}")
+    if kind == "header":
+        header = exchange.headers.get(name)
+        if header is None:
+            raise SourceError("source_missing", f"no header {name!r}")
+        return _non_empty(header)
+    if kind == "form":
+        if exchange.content_type != "application/x-www-form-urlencoded":
+            if exchange.current_body is None:
+                raise SourceError(exchange.body_skip_reason or "body_not_read")
+            raise SourceError("unsupported_content_type", exchange.content_type or "none")
+        for key, value in _parse_pairs(exchange.body_text()):
+            if key == name:
+                return _non_empty(value)
+        raise SourceError("source_missing", f"no form field {name!r}")
+    if kind == "json":
+        document = exchange.body_json()
+        try:
+            value = json_pointer_get(document, name)
+        except (KeyError, TypeError):
+            raise SourceError("source_missing", f"no JSON value at {name!r}") from None
+        if isinstance(value, str):
+            return _non_empty(value)
+        if value is None:
+            raise SourceError("source_missing", f"JSON value at {name!r} is null")
+        return json.dumps(value, ensure_ascii=False)
+    if kind == "body":
+        return _non_empty(exchange.body_text())
+    raise SourceError("bad_source", source)  # config validation makes this unreachable
+
+
+def _parse_pairs(encoded: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(encoded, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise SourceError("undecodable", "percent-escapes are not UTF-8") from None
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise SourceError("source_missing", "empty value")
+    return value

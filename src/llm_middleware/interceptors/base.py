@@ -1,0 +1,70 @@
+"""What every interceptor gets: the exchange, the deadline, the shared LLM client."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from ..deadline import Deadline
+from ..exchange import RequestExchange
+from ..llm import CallStats, LLMClient
+from ..result import LLMResult
+
+
+class Privacy(Protocol):
+    """Set on the context by the PII interceptor: masks text bound for a provider and restores
+    placeholders in what comes back. Without PII masking on the rule it is the identity."""
+
+    def protect(self, text: str) -> str: ...
+
+    def restore(self, value: Any) -> Any: ...
+
+
+class _NoPrivacy:
+    def protect(self, text: str) -> str:
+        return text
+
+    def restore(self, value: Any) -> Any:
+        return value
+
+
+NO_PRIVACY: Privacy = _NoPrivacy()
+
+
+class RequestContext:
+    __slots__ = ("exchange", "deadline", "result", "stats", "llm", "privacy", "privacy_failed")
+
+    def __init__(
+        self,
+        exchange: RequestExchange,
+        deadline: Deadline,
+        result: LLMResult,
+        stats: CallStats,
+        llm: LLMClient,
+    ) -> None:
+        self.exchange = exchange
+        self.deadline = deadline
+        self.result = result
+        self.stats = stats
+        self.llm = llm
+        self.privacy: Privacy = NO_PRIVACY
+        self.privacy_failed = False
+
+    def restore_model(self, obj: BaseModel) -> BaseModel:
+        if self.privacy is NO_PRIVACY:
+            return obj
+        data = self.privacy.restore(obj.model_dump(mode="python"))
+        return type(obj).model_validate(data)
+
+
+class Interceptor(Protocol):
+    name: str
+    needs_body: bool
+    uses_llm: bool
+    runs_first: bool
+
+    async def on_request(self, ctx: RequestContext) -> str:
+        """Do the work; return ``"ok"``, ``"cached"`` or ``"skipped"``. Raise ``SourceError`` or
+        ``LLMError`` (or anything: the engine records it) to pass through."""
+        ...

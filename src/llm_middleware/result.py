@@ -1,0 +1,41 @@
+"""What a view sees: ``request.state.llm`` / ``request.llm`` / ``g.llm`` / ``environ[...]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+OUTCOMES = frozenset(
+    {"ok", "cached", "timeout", "error", "invalid", "circuit_open", "shed", "skipped", "shadow"}
+)
+
+
+@dataclass(slots=True)
+class LLMResult:
+    """Per-request results. ``outcomes`` maps each interceptor's name (``"intent"``,
+    ``"pii_masking"``, ``"enrichment"``, or the rule's ``name``) to one of ``OUTCOMES``;
+    ``reasons`` says why for anything but ``ok``/``cached``. ``pii`` holds entity types and
+    counts of what was masked, never values."""
+
+    rule: str
+    intent: BaseModel | None = None
+    intents: dict[str, BaseModel] = field(default_factory=dict)
+    enrichment: BaseModel | None = None
+    enrichments: dict[str, BaseModel] = field(default_factory=dict)
+    pii: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    added_ms: float = 0.0
+
+    def record(self, name: str, outcome: str, reason: str | None = None) -> None:
+        self.outcomes[name] = outcome
+        if reason:
+            self.reasons[name] = reason
+        else:
+            self.reasons.pop(name, None)
+
+    @property
+    def ok(self) -> bool:
+        """True when every interceptor applied (fresh or from cache)."""
+        return all(o in ("ok", "cached") for o in self.outcomes.values())

@@ -1,0 +1,111 @@
+"""The same tiny app for every adapter: an echo view that reports exactly what it received.
+
+Every adapter's echo answers the same JSON, so guarantee tests are written once:
+``{"method", "path", "query", "body_sha256", "body_len", "content_length", "intent",
+"outcomes", "reasons", "pii"}``; ``/plain`` is never matched by a rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+RULE_PATHS = ["/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo"]
+
+
+def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) -> dict[str, Any]:
+    """One rule per source kind, all on the provider at ``provider_url``."""
+    schema = "schemas.SearchIntent"
+
+    def rule(path: str, source: str, methods: list[str] | None = None) -> dict[str, Any]:
+        return {
+            "path": path,
+            "methods": methods,
+            "budget_ms": budget_ms,
+            "interceptors": [{"type": "intent", "schema": schema, "source": source}],
+        }
+
+    config: dict[str, Any] = {
+        "providers": [
+            {
+                "kind": "openai",
+                "base_url": provider_url,
+                "model": "fake",
+                "max_retries": 1,
+            }
+        ],
+        "rules": [
+            rule("/search", "query:q", ["GET"]),
+            rule("/json-echo", "json:/q", ["POST", "PUT"]),
+            rule("/form-echo", "form:q", ["POST"]),
+            rule("/body-echo", "body", ["POST"]),
+            rule("/header-echo", "header:x-query"),
+        ],
+    }
+    config.update(overrides)
+    return config
+
+
+def describe(
+    method: str,
+    path: str,
+    query: dict[str, str],
+    body: bytes,
+    content_length: str | None,
+    result: Any,
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "path": path,
+        "query": query,
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body_len": len(body),
+        "content_length": content_length,
+        "intent": result.intent.model_dump() if result is not None and result.intent else None,
+        "outcomes": dict(result.outcomes) if result is not None else None,
+        "reasons": dict(result.reasons) if result is not None else None,
+        "pii": dict(result.pii) if result is not None else None,
+        "added_ms": result.added_ms if result is not None else None,
+    }
+
+
+# -- ASGI (Starlette) ----------------------------------------------------------------------------
+
+
+def build_starlette(config: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from llm_middleware import LLMMiddleware
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        result = getattr(request.state, "llm", None)
+        return JSONResponse(
+            describe(
+                request.method,
+                request.url.path,
+                dict(request.query_params),
+                body,
+                request.headers.get("content-length"),
+                result,
+            )
+        )
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    routes = [Route(p, echo, methods=["GET", "POST", "PUT"]) for p in RULE_PATHS]
+    routes.append(Route("/plain", plain))
+    app = Starlette(routes=routes)
+    app.add_middleware(LLMMiddleware, config=config)
+    return app
+
+
+def subprocess_starlette() -> Any:
+    """uvicorn --factory entry point for subprocess servers: config JSON from the environment."""
+    return build_starlette(json.loads(os.environ["LLM_TEST_CONFIG"]))

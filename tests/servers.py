@@ -1,0 +1,104 @@
+"""Real loopback servers for tests: uvicorn in a thread or in a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve_asgi_thread(app: Any) -> Iterator[str]:
+    """uvicorn in a background thread of this process (lifespan on) on a real socket."""
+    import uvicorn
+
+    sock = _bound_socket()
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_subprocess(argv: list[str], env: dict[str, str], *, fd_flag: str) -> Iterator[str]:
+    """Start a server in a subprocess on an already-bound loopback socket passed as an fd."""
+    sock = _bound_socket()
+    sock.listen(128)
+    sock.set_inheritable(True)
+    full_env = {**os.environ, **env}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR), *filter(None, [full_env.get("PYTHONPATH")])]
+    )
+    proc = subprocess.Popen(
+        [*argv, fd_flag.format(fd=sock.fileno())],
+        cwd=TESTS_DIR,
+        env=full_env,
+        pass_fds=[sock.fileno()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        _wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        sock.close()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            httpx.get(url + "/plain", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not become ready in 30 s")
+
+
+def uvicorn_subprocess(factory: str, env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+    argv = [sys.executable, "-m", "uvicorn", factory, "--factory", "--log-level", "warning",
+            "--no-access-log"]  # fmt: skip
+    return serve_subprocess(argv, env, fd_flag="--fd={fd}")

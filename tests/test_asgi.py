@@ -1,0 +1,261 @@
+"""Guarantees on the ASGI middleware, over real sockets (uvicorn on loopback, fault server)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from apps import build_starlette, make_config
+from fault_server import (
+    FaultServer,
+    close_connection,
+    drip,
+    hang_after_headers,
+    hang_before_headers,
+    huge_body,
+    invalid_json,
+    not_json_content,
+    rate_limited,
+    refused_url,
+    reply,
+    status,
+)
+from servers import serve_asgi_thread
+
+BUDGET_MS = 300
+# The middleware's own measure of what it added must stay within budget + 5 ms; the client's
+# wall clock also pays for the loopback round trip and the test machine's noise.
+OWN_SLACK_MS = 5
+WALL_SLACK_MS = 250
+
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
+
+Serve = Callable[..., contextlib.AbstractContextManager[str]]
+
+
+@pytest.fixture
+def serve(fault_server: FaultServer) -> Iterator[Serve]:
+    stack = contextlib.ExitStack()
+
+    def start(
+        provider_url: str | None = None, **overrides: Any
+    ) -> contextlib.AbstractContextManager[str]:
+        config = make_config(provider_url or fault_server.url, budget_ms=BUDGET_MS, **overrides)
+        return serve_asgi_thread(build_starlette(config))
+
+    with stack:
+        yield start
+
+
+def post_json(base: str, body: bytes, path: str = "/json-echo") -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.post(
+        base + path, content=body, headers={"content-type": "application/json"}, timeout=10
+    )
+    return response, (time.monotonic() - started) * 1000
+
+
+def test_intent_extracted_and_visible_to_view(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.script(reply(GOOD))
+    with serve() as base:
+        response = httpx.get(base + "/search", params={"q": "red shoes under $100"})
+    data = response.json()
+    assert response.status_code == 200
+    assert data["intent"] == {"category": "shoes", "color": "red", "max_price": 100.0}
+    assert data["outcomes"] == {"intent": "ok"}
+    sent = fault_server.requests[0].json
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["response_format"]["json_schema"]["schema"]["title"] == "SearchIntent"
+    user = sent["messages"][-1]["content"]
+    assert "red shoes under $100" in user and "<<<INPUT" in user
+
+
+def test_identical_requests_are_served_from_cache(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.script(reply(GOOD))
+    with serve() as base:
+        first = httpx.get(base + "/search", params={"q": "red shoes"}).json()
+        second = httpx.get(base + "/search", params={"q": "red shoes"}).json()
+    assert first["outcomes"] == {"intent": "ok"}
+    assert second["outcomes"] == {"intent": "cached"}
+    assert second["intent"] == first["intent"]
+    assert len(fault_server.requests) == 1
+
+
+FAULTS = [
+    pytest.param([hang_before_headers()], "timeout", id="hang-before-headers"),
+    pytest.param([hang_after_headers()], "timeout", id="hang-after-headers"),
+    pytest.param([drip(b'{"choices": []}' * 20, interval=0.05)], "timeout", id="slow-drip"),
+    pytest.param([rate_limited(retry_after=30)], "error", id="429-retry-after-too-long"),
+    pytest.param([status(500), status(503)], "error", id="500-then-503"),
+    pytest.param([invalid_json()], "error", id="invalid-json-envelope"),
+    pytest.param([not_json_content(), not_json_content()], "invalid", id="content-not-json"),
+    pytest.param(
+        [reply({"max_price": "lots"}), reply({"max_price": "lots"})], "invalid", id="schema-invalid"
+    ),
+    pytest.param([huge_body(5_000_000)], "error", id="huge-body"),
+    pytest.param([close_connection(), close_connection()], "error", id="connection-closed"),
+]
+
+
+@pytest.mark.parametrize(("behaviours", "outcome"), FAULTS)
+def test_provider_fault_passes_request_through_within_budget(
+    serve: Serve, fault_server: FaultServer, behaviours: list[Any], outcome: str
+) -> None:
+    fault_server.script(*behaviours)
+    body = json.dumps({"q": "red shoes", "keep": "exact bytes ✓"}).encode()
+    with serve() as base:
+        _, bare_ms = post_json(base, body, "/echo")  # same app, unmatched path: the baseline
+        response, wall_ms = post_json(base, body)
+    data = response.json()
+    assert response.status_code == 200
+    assert data["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert data["content_length"] == str(len(body))
+    assert data["outcomes"] == {"intent": outcome}
+    assert data["intent"] is None
+    assert data["added_ms"] <= BUDGET_MS + OWN_SLACK_MS
+    assert wall_ms - bare_ms <= BUDGET_MS + WALL_SLACK_MS
+
+
+def test_refused_connection_passes_through(serve: Serve) -> None:
+    body = b'{"q": "red shoes"}'
+    with serve(provider_url=refused_url()) as base:
+        response, _ = post_json(base, body)
+    data = response.json()
+    assert data["outcomes"] == {"intent": "error"}
+    assert data["reasons"]["intent"].startswith("transport_")
+    assert data["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert data["added_ms"] <= BUDGET_MS + OWN_SLACK_MS
+
+
+def test_retry_after_is_honoured_when_it_fits(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.script(rate_limited(retry_after=0.1), reply(GOOD))
+    with serve() as base:
+        data = httpx.get(base + "/search", params={"q": "red shoes"}).json()
+    assert data["outcomes"] == {"intent": "ok"}
+    first, second = fault_server.requests
+    assert second.at - first.at >= 0.1
+
+
+def test_corrective_retry_fixes_schema_invalid_output(
+    serve: Serve, fault_server: FaultServer
+) -> None:
+    fault_server.script(reply({"max_price": "lots"}), reply(GOOD))
+    with serve() as base:
+        data = httpx.get(base + "/search", params={"q": "red shoes"}).json()
+    assert data["outcomes"] == {"intent": "ok"}
+    correction = fault_server.requests[1].json["messages"]
+    assert correction[-2]["role"] == "assistant"
+    assert "max_price" in correction[-1]["content"]
+
+
+BAD_INPUTS = [
+    pytest.param("/json-echo", b'{"q": "red', "application/json", "body_not_json", id="bad-json"),
+    pytest.param(
+        "/body-echo", b"\xff\xfe\xfa red shoes", "text/plain", "undecodable", id="non-utf8"
+    ),
+    pytest.param("/json-echo", b"", "application/json", "body_not_json", id="empty-body"),
+    pytest.param(
+        "/json-echo", b'{"other": 1}', "application/json", "source_missing", id="no-field"
+    ),
+    pytest.param("/json-echo", b'{"q": "   "}', "application/json", "source_missing", id="blank"),
+    pytest.param(
+        "/json-echo", b'{"q": "x"}', "text/plain", "unsupported_content_type", id="wrong-type"
+    ),
+    pytest.param(
+        "/form-echo",
+        b"q=%ff%fe",
+        "application/x-www-form-urlencoded",
+        "undecodable",
+        id="form-undecodable-escape",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "content_type", "reason"), BAD_INPUTS)
+def test_bad_input_passes_through_with_a_reason(
+    serve: Serve, fault_server: FaultServer, path: str, body: bytes, content_type: str, reason: str
+) -> None:
+    with serve() as base:
+        response = httpx.post(base + path, content=body, headers={"content-type": content_type})
+    data = response.json()
+    assert response.status_code == 200
+    assert data["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert data["outcomes"] == {"intent": "skipped"}
+    assert data["reasons"] == {"intent": reason}
+    assert fault_server.requests == []
+
+
+def test_body_over_cap_is_passed_through_unread(serve: Serve, fault_server: FaultServer) -> None:
+    body = json.dumps({"q": "red shoes", "pad": "x" * 5000}).encode()
+    with serve(max_body_bytes=1000) as base:
+        response, _ = post_json(base, body)
+    data = response.json()
+    assert data["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert data["reasons"] == {"intent": "body_too_large"}
+    assert fault_server.requests == []
+
+
+def test_multipart_upload_is_passed_through_unread(serve: Serve, fault_server: FaultServer) -> None:
+    with serve() as base:
+        response = httpx.post(
+            base + "/form-echo", data={"q": "red shoes"}, files={"f": ("a.bin", b"\x00\x01" * 500)}
+        )
+    data = response.json()
+    assert int(data["content_length"]) == data["body_len"] > 1000
+    assert data["reasons"] == {"intent": "unsupported_content_type"}
+    assert fault_server.requests == []
+
+
+def test_chunked_upload_is_passed_through_unread(serve: Serve, fault_server: FaultServer) -> None:
+    chunks = [b'{"q": "red shoes", ', b'"pad": "', b"y" * 10_000, b'"}']
+
+    def stream() -> Iterator[bytes]:
+        yield from chunks
+
+    with serve() as base:
+        response = httpx.post(
+            base + "/json-echo", content=stream(), headers={"content-type": "application/json"}
+        )
+    data = response.json()
+    assert data["body_sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert data["content_length"] is None
+    assert data["reasons"] == {"intent": "streaming_body"}
+    assert fault_server.requests == []
+
+
+def test_form_and_header_and_body_sources(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD)
+    with serve() as base:
+        form = httpx.post(base + "/form-echo", data={"q": "red shoes", "other": "1"}).json()
+        header = httpx.get(base + "/header-echo", headers={"x-query": "blue hats"}).json()
+        text = httpx.post(base + "/body-echo", content=b"green socks").json()
+    assert form["outcomes"] == header["outcomes"] == text["outcomes"] == {"intent": "ok"}
+    inputs = [r.json["messages"][-1]["content"] for r in fault_server.requests]
+    assert "red shoes" in inputs[0] and "blue hats" in inputs[1] and "green socks" in inputs[2]
+
+
+def test_unmatched_paths_and_methods_are_untouched(serve: Serve, fault_server: FaultServer) -> None:
+    with serve() as base:
+        plain = httpx.get(base + "/plain")
+        wrong_method = httpx.get(base + "/json-echo").json()
+    assert plain.text == "plain"
+    assert wrong_method["outcomes"] is None  # no rule for GET /json-echo: no state at all
+    assert fault_server.requests == []
+
+
+def test_llm_json_schema_dialects(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD)
+    providers = [{"kind": "openai", "base_url": fault_server.url, "model": "local",
+                  "dialect": "json_object"}]  # fmt: skip
+    with serve(providers=providers) as base:
+        httpx.get(base + "/search", params={"q": "red shoes"})
+    fmt = fault_server.requests[0].json["response_format"]
+    assert fmt["type"] == "json_object"
+    assert fmt["schema"]["title"] == "SearchIntent"
