@@ -42,6 +42,7 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
             rule("/form-echo", "form:q", ["POST"]),
             rule("/body-echo", "body", ["POST"]),
             rule("/header-echo", "header:x-query"),
+            rule("/wait-disconnect", "json:/q", ["POST"]),
         ],
     }
     config.update(overrides)
@@ -99,8 +100,23 @@ def build_starlette(config: Any) -> Any:
     async def plain(request: Request) -> PlainTextResponse:
         return PlainTextResponse("plain")
 
+    async def wait_disconnect(request: Request) -> PlainTextResponse:
+        # Reads the body, then blocks on receive() until the client goes away, as a streaming
+        # endpoint does; a replayed receive that never delivers http.disconnect hangs here.
+        body = await request.body()
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        marker = os.environ.get("LLM_TEST_MARKER")
+        if marker:
+            with open(marker, "w") as fh:
+                fh.write(
+                    json.dumps({"body_len": len(body), "outcomes": request.state.llm.outcomes})
+                )
+        return PlainTextResponse("gone")
+
     routes = [Route(p, echo, methods=["GET", "POST", "PUT"]) for p in RULE_PATHS]
     routes.append(Route("/plain", plain))
+    routes.append(Route("/wait-disconnect", wait_disconnect, methods=["POST"]))
     app = Starlette(routes=routes)
     app.add_middleware(LLMMiddleware, config=config)
     return app

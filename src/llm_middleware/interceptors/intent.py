@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import IntentExtraction
 from ..exchange import SourceError, read_source
-from ..llm.prompts import default_prompt
+from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
 
 MAX_INPUT_CHARS = 8_000
@@ -19,6 +19,7 @@ class IntentInterceptor:
         self.name = name
         self.schema = config.schema_
         self.prompt = config.prompt or default_prompt(self.schema, "intent")
+        schema_json(self.schema)  # built once at start-up, not on the first request
         self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body")
 
     async def on_request(self, ctx: RequestContext) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import functools
 import random
+import ssl
 import threading
 import time
 import weakref
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import certifi
 import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
@@ -39,6 +41,7 @@ ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
+_TEARDOWN_GRACE_S = 0.05
 
 
 @dataclass
@@ -111,6 +114,9 @@ class LLMClient:
             if config.cache_size and config.cache_ttl_s
             else None
         )
+        # Loading the CA bundle takes milliseconds: once, at start-up, not on the event loop
+        # in the middle of the first requests.
+        self._ssl = ssl.create_default_context(cafile=certifi.where())
         self._lock = threading.Lock()
         self._in_flight = 0
         self.breakers = {
@@ -210,6 +216,7 @@ class LLMClient:
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
                 transport=self._transport,
+                verify=self._ssl,
                 limits=httpx.Limits(
                     max_connections=self.max_in_flight * 2,
                     max_keepalive_connections=self.max_in_flight,
@@ -231,7 +238,10 @@ class LLMClient:
         messages = render(prompt, schema, text)
         last: LLMError | None = None
         try:
-            async with asyncio.timeout(deadline.remaining()):
+            # The shared call's timeouts fire a little after its first caller's deadline:
+            # callers stop waiting first and answer their requests, and tearing down the
+            # upstream connection happens off their clock. No attempt starts after the deadline.
+            async with asyncio.timeout(deadline.remaining() + _TEARDOWN_GRACE_S):
                 for provider in self.providers:
                     if deadline.remaining() < _MIN_ATTEMPT_S:
                         break
@@ -246,7 +256,7 @@ class LLMClient:
                     except LLMInvalidOutput as exc:
                         breaker.success()  # the provider works; the model got it wrong
                         last = exc
-                    except LLMTransportError as exc:
+                    except (LLMTransportError, LLMTimeout) as exc:
                         breaker.failure()
                         last = exc
                     else:
@@ -254,7 +264,7 @@ class LLMClient:
                         return result
         except TimeoutError:
             raise LLMTimeout("budget exhausted", reason="deadline") from None
-        if last is None or (isinstance(last, LLMTransportError) and deadline.expired):
+        if last is None:
             raise LLMTimeout("budget exhausted", reason="deadline")
         raise last
 
@@ -281,16 +291,15 @@ class LLMClient:
                     request.url,
                     request.headers,
                     request.body,
-                    min(remaining, provider.timeout_ms / 1000),
+                    min(remaining + _TEARDOWN_GRACE_S, provider.timeout_ms / 1000),
                 )
             except _Retryable as exc:
+                error = LLMTimeout if exc.reason == "provider_timeout" else LLMTransportError
                 if attempt >= provider.max_retries:
-                    raise LLMTransportError(str(exc), reason=exc.reason) from None
+                    raise error(str(exc), reason=exc.reason) from None
                 delay = exc.retry_after if exc.retry_after is not None else _backoff(attempt)
                 if delay + _MIN_ATTEMPT_S >= deadline.remaining():
-                    raise LLMTransportError(
-                        f"{exc.reason}; no time left to retry", reason=exc.reason
-                    ) from None
+                    raise error(f"{exc.reason}; no time left to retry", reason=exc.reason) from None
                 attempt += 1
                 stats.retries += 1
                 await asyncio.sleep(delay)

@@ -1,0 +1,255 @@
+"""The LLM client on its own, over real sockets: retries, fallback, breaker, cache, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from fault_server import (
+    FaultServer,
+    hang_before_headers,
+    rate_limited,
+    refused_url,
+    reply,
+    status,
+)
+from llm_middleware import Config, load_config
+from llm_middleware.deadline import Deadline
+from llm_middleware.llm import (
+    CallStats,
+    CircuitOpen,
+    LLMClient,
+    LLMTimeout,
+    LLMTransportError,
+    Shed,
+)
+from llm_middleware.llm.prompts import default_prompt
+from schemas import SearchIntent
+
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
+PROMPT = default_prompt(SearchIntent, "intent")
+
+pytestmark = pytest.mark.anyio
+
+
+def config(*urls: str, **overrides: Any) -> Config:
+    providers = [{"kind": "openai", "base_url": u, "model": f"m{i}"} for i, u in enumerate(urls)]
+    return load_config({"providers": providers, **overrides})
+
+
+async def wait_idle(client: LLMClient) -> None:
+    """The shared upstream task ends at its own deadline, a loop tick after its callers."""
+    for _ in range(50):
+        if client.in_flight == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{client.in_flight} LLM calls still in flight")
+
+
+async def call(client: LLMClient, text: str = "red shoes", budget: float = 0.5) -> Any:
+    return await client.structured(SearchIntent, PROMPT, text, Deadline(budget), CallStats())
+
+
+async def test_fallback_chain_uses_next_provider(fault_server: FaultServer) -> None:
+    fault_server.script(reply(GOOD))
+    client = LLMClient(config(refused_url(), fault_server.url))
+    try:
+        obj, cached = await call(client)
+    finally:
+        await client.aclose()
+    assert obj == SearchIntent(**GOOD) and cached is False
+    assert fault_server.requests[0].json["model"] == "m1"
+
+
+async def test_retry_after_longer_than_the_budget_falls_back_at_once(
+    fault_server: FaultServer,
+) -> None:
+    with FaultServer() as second:
+        fault_server.script(rate_limited(retry_after=10))
+        second.script(reply(GOOD))
+        client = LLMClient(config(fault_server.url, second.url))
+        started = time.monotonic()
+        try:
+            obj, _ = await call(client)
+        finally:
+            await client.aclose()
+    assert obj == SearchIntent(**GOOD)
+    assert time.monotonic() - started < 0.5
+
+
+async def test_every_attempt_shares_one_deadline(fault_server: FaultServer) -> None:
+    # Five retries of a hanging provider still end at the request's deadline.
+    fault_server.default = hang_before_headers()
+    client = LLMClient(
+        load_config(
+            {
+                "providers": [
+                    {
+                        "kind": "openai",
+                        "base_url": fault_server.url,
+                        "model": "m",
+                        "max_retries": 5,
+                        "timeout_ms": 100,
+                    }
+                ]
+            }  # fmt: skip
+        )
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(LLMTimeout):
+            await call(client, budget=0.25)
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 0.35
+    assert len(fault_server.requests) >= 2  # it did retry, inside the same 250 ms
+
+
+async def test_breaker_opens_after_consecutive_failures(fault_server: FaultServer) -> None:
+    fault_server.default = status(400)  # not retried: one request per call
+    client = LLMClient(config(fault_server.url, breaker_failures=3, breaker_reset_s=60))
+    try:
+        for i in range(3):
+            with pytest.raises(LLMTransportError):
+                await call(client, text=f"q{i}")
+        with pytest.raises(CircuitOpen):
+            await call(client, text="another")
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) == 3
+
+
+async def test_breaker_half_opens_after_reset(fault_server: FaultServer) -> None:
+    fault_server.script(status(400))
+    fault_server.default = reply(GOOD)
+    client = LLMClient(config(fault_server.url, breaker_failures=1, breaker_reset_s=0.05))
+    try:
+        with pytest.raises(LLMTransportError):
+            await call(client, text="a")
+        with pytest.raises(CircuitOpen):
+            await call(client, text="b")
+        await asyncio.sleep(0.06)
+        obj, _ = await call(client, text="c")
+    finally:
+        await client.aclose()
+    assert obj == SearchIntent(**GOOD)
+
+
+async def test_concurrent_identical_calls_share_one_request(fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD, delay=0.1)
+    client = LLMClient(config(fault_server.url))
+    try:
+        results = await asyncio.gather(*(call(client) for _ in range(20)))
+        again, cached = await call(client)
+    finally:
+        await client.aclose()
+    assert all(obj == SearchIntent(**GOOD) for obj, _ in results)
+    assert cached is True and again == SearchIntent(**GOOD)
+    assert len(fault_server.requests) == 1
+    await wait_idle(client)
+
+
+async def test_cache_returns_copies_and_respects_prompt_version(fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD)
+    client = LLMClient(config(fault_server.url))
+    try:
+        first, _ = await call(client)
+        first.color = "mutated by a view"
+        second, cached = await call(client)
+        v2 = PROMPT.model_copy(update={"version": "2"})
+        _, cached_v2 = await client.structured(
+            SearchIntent, v2, "red shoes", Deadline(0.5), CallStats()
+        )
+    finally:
+        await client.aclose()
+    assert cached and second.color == "red"
+    assert cached_v2 is False
+    assert len(fault_server.requests) == 2
+
+
+async def test_in_flight_cap_sheds_at_once(fault_server: FaultServer) -> None:
+    fault_server.default = hang_before_headers()
+    client = LLMClient(config(fault_server.url, max_in_flight=2))
+    try:
+        hanging = [asyncio.create_task(call(client, text=f"q{i}", budget=0.3)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(Shed):
+            await call(client, text="one too many")
+        shed_s = time.monotonic() - started
+        for task in hanging:
+            with pytest.raises(LLMTimeout):
+                await task
+    finally:
+        await client.aclose()
+    assert shed_s < 0.05
+    await wait_idle(client)
+
+
+async def test_tokens_and_calls_are_counted(fault_server: FaultServer) -> None:
+    fault_server.script(reply(GOOD, usage={"prompt_tokens": 40, "completion_tokens": 9}))
+    client = LLMClient(config(fault_server.url))
+    stats = CallStats()
+    try:
+        await client.structured(SearchIntent, PROMPT, "x", Deadline(0.5), stats)
+    finally:
+        await client.aclose()
+    assert (stats.llm_calls, stats.prompt_tokens, stats.completion_tokens) == (1, 40, 9)
+    assert stats.models == ["m0"]
+
+
+async def test_api_key_from_env_is_sent_and_never_logged(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-test-secret-123456")
+    fault_server.script(reply(GOOD))
+    cfg = load_config(
+        {
+            "providers": [
+                {
+                    "kind": "openai",
+                    "base_url": fault_server.url,
+                    "model": "m",
+                    "api_key_env": "TEST_LLM_KEY",
+                }
+            ]
+        }  # fmt: skip
+    )
+    client = LLMClient(cfg)
+    try:
+        await call(client)
+    finally:
+        await client.aclose()
+    assert fault_server.requests[0].headers["authorization"] == "Bearer sk-test-secret-123456"
+    assert "sk-test-secret" not in repr(cfg) + capsys.readouterr().out
+
+
+async def test_anthropic_messages_wire(anthropic_fault_server: FaultServer) -> None:
+    anthropic_fault_server.script(reply(GOOD))
+    cfg = load_config(
+        {
+            "providers": [
+                {
+                    "kind": "anthropic",
+                    "base_url": anthropic_fault_server.url,
+                    "model": "claude",
+                    "api_key_env": None,
+                }
+            ]
+        }  # fmt: skip
+    )
+    client = LLMClient(cfg)
+    try:
+        obj, _ = await call(client)
+    finally:
+        await client.aclose()
+    assert obj == SearchIntent(**GOOD)
+    sent = anthropic_fault_server.requests[0]
+    assert sent.path == "/v1/messages"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.json["tool_choice"] == {"type": "tool", "name": "output"}
+    assert sent.json["tools"][0]["input_schema"]["title"] == "SearchIntent"
+    assert all(m["role"] != "system" for m in sent.json["messages"])

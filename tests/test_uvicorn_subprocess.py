@@ -1,0 +1,78 @@
+"""The budget and disconnect guarantees with the app in its own uvicorn process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apps import make_config
+from fault_server import FaultServer, hang_after_headers, hang_before_headers
+from servers import uvicorn_subprocess
+
+pytestmark = pytest.mark.slow
+
+BUDGET_MS = 200
+WALL_SLACK_MS = 250  # loopback round trip + a noisy shared CI machine; added_ms is the exact one
+
+
+def test_budget_holds_with_a_hanging_provider_under_concurrency(fault_server: FaultServer) -> None:
+    fault_server.default = hang_before_headers()
+    env = {"LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS))}
+    with (
+        uvicorn_subprocess("apps:subprocess_starlette", env) as base,
+        httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=20)) as client,
+    ):
+        bare = [_timed(client, "/echo", i)[0] for i in range(10)]
+
+        def one(i: int) -> tuple[float, dict[str, object]]:
+            return _timed(client, "/json-echo", i)
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(one, range(40)))
+    baseline = statistics.median(bare)
+    for wall_ms, data in results:
+        assert data["outcomes"] == {"intent": "timeout"}
+        assert data["added_ms"] <= BUDGET_MS + 5  # type: ignore[operator]
+        assert wall_ms - baseline <= BUDGET_MS + WALL_SLACK_MS
+
+
+def _timed(client: httpx.Client, path: str, i: int) -> tuple[float, dict[str, object]]:
+    started = time.monotonic()
+    response = client.post(path, json={"q": f"red shoes {i}"})
+    elapsed = (time.monotonic() - started) * 1000
+    assert response.status_code == 200
+    return elapsed, response.json()
+
+
+def test_app_still_receives_disconnect_after_replay(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    fault_server.default = hang_after_headers()
+    marker = tmp_path / "disconnected.json"
+    env = {
+        "LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS)),
+        "LLM_TEST_MARKER": str(marker),
+    }
+    body = b'{"q": "red shoes"}'
+    with uvicorn_subprocess("apps:subprocess_starlette", env) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /wait-disconnect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(BUDGET_MS / 1000 + 0.2)  # past the budget: the view is waiting on receive
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert marker.exists(), "the view never saw http.disconnect"
+    seen = json.loads(marker.read_text())
+    assert seen == {"body_len": len(body), "outcomes": {"intent": "timeout"}}
