@@ -125,3 +125,131 @@ def build_starlette(config: Any) -> Any:
 def subprocess_starlette() -> Any:
     """uvicorn --factory entry point for subprocess servers: config JSON from the environment."""
     return build_starlette(json.loads(os.environ["LLM_TEST_CONFIG"]))
+
+
+# -- WSGI (plain) --------------------------------------------------------------------------------
+
+
+def build_wsgi(config: Any) -> Any:
+    from urllib.parse import parse_qsl
+
+    from llm_middleware.wsgi import RESULT_KEY, LLMWSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/plain":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"plain"]
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        body = stream.read(int(length)) if length else (
+            stream.read() if environ.get("wsgi.input_terminated") else b""
+        )  # fmt: skip
+        data = describe(
+            environ["REQUEST_METHOD"], path, dict(parse_qsl(environ.get("QUERY_STRING", ""))),
+            body, length or None, environ.get(RESULT_KEY),
+        )  # fmt: skip
+        payload = json.dumps(data).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(payload)))])  # fmt: skip
+        return [payload]
+
+    return LLMWSGIMiddleware(app, config)
+
+
+# -- Flask ---------------------------------------------------------------------------------------
+
+
+def build_flask(config: Any) -> Any:
+    import flask
+
+    from llm_middleware.flask import LLMMiddleware
+
+    app = flask.Flask("llm_test_app")
+    app.config["LLM_MIDDLEWARE"] = config
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "plain"
+
+    def echo() -> Any:
+        request = flask.request
+        body = request.get_data(cache=True)
+        return describe(
+            request.method, request.path, request.args.to_dict(), body,
+            request.headers.get("Content-Length"), flask.g.llm,
+        )  # fmt: skip
+
+    for path in RULE_PATHS:
+        app.add_url_rule(path, path, echo, methods=["GET", "POST", "PUT"])
+    LLMMiddleware(app)
+    return app
+
+
+# -- Django (one settings module for the process; LLM_MIDDLEWARE swapped per test) ----------------
+
+
+def setup_django() -> None:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="tests-only",
+            ALLOWED_HOSTS=["*"],
+            ROOT_URLCONF="apps",
+            INSTALLED_APPS=["llm_middleware"],
+            MIDDLEWARE=["llm_middleware.django.LLMMiddleware"],
+            USE_TZ=True,
+            LLM_MIDDLEWARE={},
+        )
+        django.setup()
+
+
+def _django_echo(request: Any) -> Any:
+    from django.http import JsonResponse
+
+    body = request.body
+    return JsonResponse(
+        describe(
+            request.method,
+            request.path,
+            request.GET.dict(),
+            body,
+            request.META.get("CONTENT_LENGTH") or None,
+            getattr(request, "llm", None),
+        )  # fmt: skip
+    )
+
+
+def _django_plain(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    return HttpResponse("plain", content_type="text/plain")
+
+
+def __getattr__(name: str) -> Any:
+    # ROOT_URLCONF = "apps": Django asks this module for urlpatterns.
+    if name == "urlpatterns":
+        from django.urls import path
+        from django.views.decorators.csrf import csrf_exempt
+
+        patterns = [path(p.lstrip("/"), csrf_exempt(_django_echo)) for p in RULE_PATHS]
+        patterns.append(path("plain", _django_plain))
+        return patterns
+    raise AttributeError(name)
+
+
+def build_django(config: Any, *, asgi: bool) -> Any:
+    setup_django()
+    from django.conf import settings
+
+    settings.LLM_MIDDLEWARE = config
+    if asgi:
+        from django.core.asgi import get_asgi_application
+
+        return get_asgi_application()
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()

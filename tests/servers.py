@@ -26,13 +26,13 @@ def _bound_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def serve_asgi_thread(app: Any) -> Iterator[str]:
-    """uvicorn in a background thread of this process (lifespan on) on a real socket."""
+def serve_asgi_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
+    """uvicorn in a background thread of this process on a real loopback socket."""
     import uvicorn
 
     sock = _bound_socket()
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
+        app, log_level="warning", access_log=False, lifespan=lifespan, timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -102,3 +102,24 @@ def uvicorn_subprocess(factory: str, env: dict[str, str]) -> contextlib.Abstract
     argv = [sys.executable, "-m", "uvicorn", factory, "--factory", "--log-level", "warning",
             "--no-access-log"]  # fmt: skip
     return serve_subprocess(argv, env, fd_flag="--fd={fd}")
+
+
+@contextlib.contextmanager
+def serve_wsgi_thread(app: Any) -> Iterator[str]:
+    """werkzeug's threaded server (chunked request bodies supported) on a loopback port."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)  # fmt: skip
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

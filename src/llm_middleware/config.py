@@ -40,7 +40,12 @@ _SOURCE_RE = re.compile(r"^(query:.+|form:.+|json:(/.*)?|header:.+|body)$")
 
 
 class ConfigError(ValueError):
-    """Raised at start-up for an invalid configuration; the message names rule and field."""
+    """Raised at start-up for an invalid configuration; the message names rule and field.
+    ``errors`` holds ``(location, message)`` pairs, e.g. ``("rules[1].budget_ms", "...")``."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else [("(root)", message)]
 
 
 def import_string(dotted: str) -> Any:
@@ -242,8 +247,8 @@ class Config(_Model):
         return self
 
 
-def _format_error(exc: ValidationError, data: Any) -> str:
-    lines = ["invalid LLM_MIDDLEWARE configuration:"]
+def _error_list(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     for err in exc.errors():
         loc = err["loc"]
         parts: list[str] = []
@@ -256,10 +261,11 @@ def _format_error(exc: ValidationError, data: Any) -> str:
                 parts.append(str(item))
         where = ".".join(parts) or "(root)"
         rule_path = _rule_path(loc, data)
+        message = str(err["msg"])
         if rule_path:
-            where += f" (rule path {rule_path!r})"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+            message += f" (rule path {rule_path!r})"
+        out.append((where, message))
+    return out
 
 
 def _rule_path(loc: tuple[int | str, ...], data: Any) -> str | None:
@@ -297,4 +303,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, data)) from None
+        errors = _error_list(exc, data)
+        lines = ["invalid LLM_MIDDLEWARE configuration:"]
+        lines += [f"  {where}: {message}" for where, message in errors]
+        raise ConfigError("\n".join(lines), errors) from None

@@ -187,6 +187,10 @@ class Engine:
             if not icpt.uses_llm and icpt.runs_first:
                 ctx.privacy_failed = True
 
+    def close(self) -> None:
+        """Close the LLM clients from synchronous code (e.g. a WSGI server's shutdown hook)."""
+        self.llm.close()
+
     async def aclose(self) -> None:
         for task in list(self._background):
             task.cancel()

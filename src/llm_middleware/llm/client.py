@@ -7,6 +7,7 @@ cap, never the guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import random
@@ -184,6 +185,18 @@ class LLMClient:
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every loop's httpx client from synchronous code (tests, shutdown hooks)."""
+        for loop, client in list(self._clients.items()):
+            self._clients.pop(loop, None)
+            if loop.is_closed():
+                continue
+            if loop.is_running():
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout)
+            else:
+                loop.run_until_complete(client.aclose())
 
     def cache_clear(self) -> None:
         if self._cache is not None:

@@ -1,0 +1,159 @@
+"""Django middleware: ``MIDDLEWARE += ["llm_middleware.django.LLMMiddleware"]``, configured by
+``settings.LLM_MIDDLEWARE``; views read ``request.llm``.
+
+Put it before ``CsrfViewMiddleware`` (which reads ``request.POST``) so that the body can still be
+read, and after ``SecurityMiddleware``. Sync and async capable; in async mode the core is
+awaited directly, with no thread hop.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings
+    from django.core.exceptions import RequestDataTooBig
+    from django.core.handlers.wsgi import LimitedStream
+    from django.http import HttpRequest, HttpResponseBase, QueryDict
+    from django.http.request import RawPostDataException
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "llm_middleware.django needs Django: pip install 'llm-middleware[django]'"
+    ) from exc
+
+from .deadline import Deadline
+from .engine import CompiledRule, Engine
+from .exchange import Headers, RequestExchange
+from .observability import log_internal_error
+from .sync import process_request_sync
+
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class _EngineFromSettings:
+    """Reads ``settings.LLM_MIDDLEWARE`` lazily and rebuilds when it changes, so that
+    ``override_settings`` works."""
+
+    def __init__(self) -> None:
+        self._source: Any = None
+        self._engine: Engine | None = None
+
+    def get(self) -> Engine:
+        source = getattr(settings, "LLM_MIDDLEWARE", None)
+        engine = self._engine
+        if engine is None or source is not self._source:
+            engine = Engine(source)
+            self._source, self._engine = source, engine
+        return engine
+
+
+engine_from_settings = _EngineFromSettings()
+
+
+class LLMMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        prepared = self._prepare(request)
+        if prepared is not None:
+            engine, rule, exchange, deadline = prepared
+            try:
+                result, body, query = process_request_sync(engine, rule, exchange, deadline)
+                _apply(request, result, body, query)
+            except Exception as exc:
+                log_internal_error("django", exc)
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        prepared = self._prepare(request)
+        if prepared is not None:
+            engine, rule, exchange, deadline = prepared
+            try:
+                result = await engine.process_request(rule, exchange, deadline)
+                _apply(request, result, exchange.new_body, exchange.new_query_string)
+            except Exception as exc:
+                log_internal_error("django", exc)
+        response: Awaitable[HttpResponseBase] = self.get_response(request)
+        return await response
+
+    def _prepare(
+        self, request: HttpRequest
+    ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
+        if hasattr(request, "llm"):  # listed twice in MIDDLEWARE
+            return None
+        try:
+            engine = engine_from_settings.get()
+            rule = engine.match(request.method or "GET", request.path_info)
+            if rule is None:
+                return None
+            deadline = Deadline(rule.budget_s)
+            headers = Headers((k, v) for k, v in request.headers.items() if isinstance(v, str))
+            exchange = RequestExchange(
+                request.method or "GET",
+                request.path_info,
+                request.META.get("QUERY_STRING", ""),
+                headers,
+                client_key=engine.client_key(headers, request.META.get("REMOTE_ADDR")),
+            )
+            request.llm = None
+            if rule.needs_body:
+                _read_body(request, exchange, rule.max_body_bytes)
+        except Exception as exc:
+            log_internal_error("django", exc)
+            return None
+        return engine, rule, exchange, deadline
+
+
+def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> None:
+    content_type = (exchange.headers.get("content-type") or "").lower()
+    if content_type.startswith("multipart/"):
+        exchange.body_skip_reason = "unsupported_content_type"
+        return
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if not declared:
+        if "transfer-encoding" in exchange.headers or exchange.method not in _BODYLESS_METHODS:
+            exchange.body_skip_reason = "streaming_body"
+        else:
+            exchange.body = b""
+        return
+    if not declared.strip().isdigit():
+        exchange.body_skip_reason = "bad_content_length"
+        return
+    if int(declared) > cap:
+        exchange.body_skip_reason = "body_too_large"
+        return
+    try:
+        exchange.body = request.body
+    except RawPostDataException:
+        # Something before us read request.POST: the body is gone; see the docs on ordering.
+        exchange.body_skip_reason = "body_already_read"
+    except RequestDataTooBig:
+        exchange.body_skip_reason = "body_too_large"
+
+
+def _apply(request: HttpRequest, result: Any, body: bytes | None, query: str | None) -> None:
+    if body is not None:
+        # request.body, request.POST and json.loads(request.body) all see the masked bytes.
+        request._body = body
+        request._stream = LimitedStream(io.BytesIO(body), len(body))
+        request._read_started = False
+        request.META["CONTENT_LENGTH"] = str(len(body))
+        for attr in ("_post", "_files"):
+            if attr in request.__dict__:
+                delattr(request, attr)
+    if query is not None:
+        request.META["QUERY_STRING"] = query
+        request.GET = QueryDict(query, encoding=request.encoding)
+    request.llm = result
