@@ -253,3 +253,34 @@ def build_django(config: Any, *, asgi: bool) -> Any:
     from django.core.wsgi import get_wsgi_application
 
     return get_wsgi_application()
+
+
+# -- subprocess entry points (gunicorn / uvicorn) -----------------------------------------------
+
+
+def subprocess_wsgi() -> Any:
+    """gunicorn ``apps:subprocess_wsgi()``: adapter from ``LLM_TEST_ADAPTER``; with
+    ``LLM_TEST_WARM`` set, one matched request runs in the master before it forks, so the
+    background loop and the HTTP client exist there (as with ``--preload`` in production)."""
+    config = json.loads(os.environ["LLM_TEST_CONFIG"])
+    adapter = os.environ.get("LLM_TEST_ADAPTER", "wsgi")
+    if adapter == "django":
+        app = build_django(config, asgi=False)
+    elif adapter == "flask":
+        app = build_flask(config)
+    else:
+        app = build_wsgi(config)
+    if os.environ.get("LLM_TEST_WARM"):
+        import io
+
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/search", "QUERY_STRING": "q=warm",
+                   "wsgi.input": io.BytesIO(b""), "SERVER_NAME": "t", "SERVER_PORT": "80",
+                   "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1"}  # fmt: skip
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+    return app
+
+
+def subprocess_django_asgi() -> Any:
+    return build_django(json.loads(os.environ["LLM_TEST_CONFIG"]), asgi=True)

@@ -123,3 +123,14 @@ def serve_wsgi_thread(app: Any) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def gunicorn_subprocess(
+    app: str, env: dict[str, str], *, workers: int = 2, preload: bool = False
+) -> contextlib.AbstractContextManager[str]:
+    argv = [sys.executable, "-m", "gunicorn", app, "--workers", str(workers),
+            "--worker-class", "sync", "--log-level", "warning",
+            "--graceful-timeout", "2"]  # fmt: skip
+    if preload:
+        argv.append("--preload")
+    return serve_subprocess(argv, env, fd_flag="--bind=fd://{fd}")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import os
 import random
 import ssl
 import threading
@@ -131,6 +132,15 @@ class LLMClient:
         self._pending: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Task[BaseModel]]
         ] = weakref.WeakKeyDictionary()
+        _CLIENTS.add(self)
+
+    def _after_fork(self) -> None:
+        # Only the forking thread survives: calls in flight, the lock's holder and the
+        # parent's loops are gone in the child.
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._clients = weakref.WeakKeyDictionary()
+        self._pending = weakref.WeakKeyDictionary()
 
     @property
     def in_flight(self) -> int:
@@ -187,8 +197,15 @@ class LLMClient:
             await client.aclose()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close every loop's httpx client from synchronous code (tests, shutdown hooks)."""
+        """Close every loop's httpx client from synchronous code (tests, shutdown hooks).
+        In async code use ``aclose()``: a loop cannot wait on itself."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
         for loop, client in list(self._clients.items()):
+            if loop is current:
+                continue
             self._clients.pop(loop, None)
             if loop.is_closed():
                 continue
@@ -402,3 +419,14 @@ def _describe(exc: Exception) -> str:
         ]
         return "; ".join(parts)
     return str(exc)
+
+
+_CLIENTS: weakref.WeakSet[LLMClient] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

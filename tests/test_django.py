@@ -1,0 +1,160 @@
+"""Django specifics: lazy settings, system check ids, sync/async modes, body handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apps import make_config, setup_django
+from fault_server import FaultServer, reply
+
+setup_django()
+
+from asgiref.sync import iscoroutinefunction  # noqa: E402
+from django.core.checks import Error, Warning  # noqa: E402
+from django.http import HttpRequest, HttpResponse  # noqa: E402
+from django.test import AsyncRequestFactory, RequestFactory, override_settings  # noqa: E402
+
+from llm_middleware.checks import check_settings  # noqa: E402
+from llm_middleware.django import LLMMiddleware, engine_from_settings  # noqa: E402
+
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
+
+
+@pytest.fixture
+def config(fault_server: FaultServer) -> Any:
+    fault_server.default = reply(GOOD)
+    return make_config(fault_server.url)
+
+
+@contextlib.contextmanager
+def settings(config: Any) -> Iterator[None]:
+    with override_settings(LLM_MIDDLEWARE=config):
+        try:
+            yield
+        finally:
+            engine_from_settings.get().close()
+
+
+def sync_view(seen: list[HttpRequest]) -> Any:
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse("ok")
+
+    return view
+
+
+def test_sync_mode_sets_request_llm(config: Any) -> None:
+    seen: list[HttpRequest] = []
+    middleware = LLMMiddleware(sync_view(seen))
+    assert not iscoroutinefunction(middleware)
+    with settings(config):
+        middleware(RequestFactory().get("/search", {"q": "red shoes"}))
+    assert seen[0].llm.intent.model_dump() == {"category": "shoes", "color": "red",  # type: ignore[attr-defined]
+                                               "max_price": 100.0}  # fmt: skip
+
+
+def test_async_mode_awaits_the_core_on_the_callers_loop(config: Any) -> None:
+    threads: list[threading.Thread] = []
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        threads.append(threading.current_thread())
+        return HttpResponse(json.dumps(request.llm.outcomes))  # type: ignore[attr-defined]
+
+    middleware = LLMMiddleware(view)
+    assert iscoroutinefunction(middleware)
+
+    async def run() -> HttpResponse:
+        with override_settings(LLM_MIDDLEWARE=config):
+            response: HttpResponse = await middleware(
+                AsyncRequestFactory().get("/search", {"q": "red shoes"})
+            )
+            await engine_from_settings.get().aclose()
+        return response
+
+    response = asyncio.run(run())
+    assert json.loads(response.content) == {"intent": "ok"}
+    assert threads == [threading.main_thread()]  # no hop to a worker thread
+
+
+def test_override_settings_takes_effect_without_restart(config: Any) -> None:
+    seen: list[HttpRequest] = []
+    middleware = LLMMiddleware(sync_view(seen))
+    with override_settings(LLM_MIDDLEWARE={"rules": []}):
+        middleware(RequestFactory().get("/search", {"q": "x"}))
+    with settings(config):
+        middleware(RequestFactory().get("/search", {"q": "x"}))
+    assert not hasattr(seen[0], "llm")
+    assert seen[1].llm.outcomes == {"intent": "ok"}  # type: ignore[attr-defined]
+
+
+def test_listed_twice_runs_once(config: Any, fault_server: FaultServer) -> None:
+    seen: list[HttpRequest] = []
+    with settings(config):
+        LLMMiddleware(LLMMiddleware(sync_view(seen)))(
+            RequestFactory().get("/search", {"q": "twice"})
+        )
+    assert len(fault_server.requests) == 1
+
+
+def test_body_already_read_by_earlier_middleware_is_a_clear_skip(config: Any) -> None:
+    seen: list[HttpRequest] = []
+    request = RequestFactory().post("/body-echo", "red shoes", content_type="text/plain")
+    assert request.read() == b"red shoes"  # an earlier middleware consumed the stream
+    with settings(config):
+        LLMMiddleware(sync_view(seen))(request)
+    assert seen[0].llm.reasons == {"intent": "body_already_read"}  # type: ignore[attr-defined]
+
+
+def test_urlencoded_post_already_parsed_is_still_read(config: Any) -> None:
+    seen: list[HttpRequest] = []
+    request = RequestFactory().post(
+        "/form-echo", "q=red+shoes", content_type="application/x-www-form-urlencoded"
+    )
+    assert request.POST["q"] == "red shoes"  # CsrfViewMiddleware before us does this
+    with settings(config):
+        LLMMiddleware(sync_view(seen))(request)
+    assert seen[0].llm.outcomes == {"intent": "ok"}  # type: ignore[attr-defined]
+    assert seen[0].POST["q"] == "red shoes"
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        ([1, 2], ["llm_middleware.E001"]),
+        ({"providers": [{"kind": "openai"}]}, ["llm_middleware.E002"] * 2),
+        ({"rules": [{"path": "/a", "budget_ms": 0}]}, ["llm_middleware.E003"]),
+        ({"rules": [{"path": "/a", "interceptors": [{"type": "intent", "schema": "no.Such"}]}],
+          "providers": [{"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}]},
+         ["llm_middleware.E003"]),
+        ({"max_in_flight": 0}, ["llm_middleware.E004"]),
+        ({"rules": []}, []),
+    ],
+)  # fmt: skip
+def test_system_checks_have_stable_ids(value: Any, ids: list[str]) -> None:
+    with override_settings(LLM_MIDDLEWARE=value):
+        messages = check_settings()
+    assert [m.id for m in messages] == ids
+    assert all(isinstance(m, Error) for m in messages)
+    if ids and ids[0] != "llm_middleware.E001":
+        assert all("LLM_MIDDLEWARE " in m.msg for m in messages)
+
+
+def test_middleware_after_csrf_is_a_warning() -> None:
+    order = ["django.middleware.csrf.CsrfViewMiddleware", "llm_middleware.django.LLMMiddleware"]
+    with override_settings(MIDDLEWARE=order, LLM_MIDDLEWARE={"rules": []}):
+        messages = check_settings()
+    assert [m.id for m in messages] == ["llm_middleware.W001"]
+    assert isinstance(messages[0], Warning)
+
+
+def test_checks_are_registered_by_the_app_config() -> None:
+    from django.core import checks
+
+    assert check_settings in checks.registry.registry.registered_checks

@@ -1,0 +1,86 @@
+"""Budget, passthrough and fork safety on production servers in subprocesses: gunicorn sync
+workers (plain and ``--preload``) for WSGI, Flask and Django, uvicorn for Django ASGI."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import statistics
+import time
+
+import httpx
+import pytest
+
+from apps import make_config
+from fault_server import FaultServer, hang_after_headers, reply
+from servers import gunicorn_subprocess, uvicorn_subprocess
+
+pytestmark = pytest.mark.slow
+
+BUDGET_MS = 200
+WALL_SLACK_MS = 250
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
+
+
+def _env(fault_server: FaultServer, **extra: str) -> dict[str, str]:
+    return {"LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS)),
+            **extra}  # fmt: skip
+
+
+def _post(client: httpx.Client, path: str, i: int) -> tuple[float, dict[str, object]]:
+    body = json.dumps({"q": f"red shoes {i}", "n": i}).encode()
+    started = time.monotonic()
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    elapsed = (time.monotonic() - started) * 1000
+    assert response.status_code == 200
+    data: dict[str, object] = response.json()
+    assert data["body_len"] == len(body)
+    return elapsed, data
+
+
+def _check_budget(base: str, slack_ms: int, concurrency: int) -> None:
+    with httpx.Client(base_url=base, timeout=10) as client:
+        bare = statistics.median(_post(client, "/echo", i)[0] for i in range(6))
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(lambda i: _post(client, "/json-echo", i), range(12)))
+    for wall_ms, data in results:
+        assert data["outcomes"] == {"intent": "timeout"}
+        assert data["added_ms"] <= BUDGET_MS + slack_ms  # type: ignore[operator]
+        # Sync workers serve one request at a time: queueing is the server's, not ours.
+        assert wall_ms - bare <= (BUDGET_MS + WALL_SLACK_MS) * -(-12 // 2 // 2)
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "flask", "django"])
+@pytest.mark.parametrize("preload", [False, True], ids=["plain", "preload"])
+def test_gunicorn_budget_with_hanging_provider(
+    fault_server: FaultServer, adapter: str, preload: bool
+) -> None:
+    fault_server.default = hang_after_headers()
+    env = _env(fault_server, LLM_TEST_ADAPTER=adapter)
+    with gunicorn_subprocess("apps:subprocess_wsgi()", env, preload=preload) as base:
+        _check_budget(base, slack_ms=10, concurrency=2)
+
+
+def test_uvicorn_django_asgi_budget(fault_server: FaultServer) -> None:
+    fault_server.default = hang_after_headers()
+    with uvicorn_subprocess("apps:subprocess_django_asgi", _env(fault_server)) as base:
+        _check_budget(base, slack_ms=5, concurrency=6)
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "django"])
+def test_preload_fork_after_the_loop_started_in_the_master(
+    fault_server: FaultServer, adapter: str
+) -> None:
+    # The master ran a matched request (background loop thread + HTTP client) before forking;
+    # the workers must build their own instead of waiting on a loop thread that did not fork.
+    fault_server.default = reply(GOOD)
+    env = _env(fault_server, LLM_TEST_ADAPTER=adapter, LLM_TEST_WARM="1")
+    with (
+        gunicorn_subprocess("apps:subprocess_wsgi()", env, preload=True) as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+    ):
+        outcomes = [
+            client.get("/search", params={"q": f"red shoes {i}"}).json()["outcomes"]
+            for i in range(6)
+        ]
+    assert outcomes == [{"intent": "ok"}] * 6
