@@ -41,13 +41,19 @@ def _post(client: httpx.Client, path: str, i: int) -> tuple[float, dict[str, obj
 def _check_budget(base: str, slack_ms: int, concurrency: int) -> None:
     with httpx.Client(base_url=base, timeout=10) as client:
         bare = statistics.median(_post(client, "/echo", i)[0] for i in range(6))
+        sequential = [_post(client, "/json-echo", i) for i in range(4)]
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            results = list(pool.map(lambda i: _post(client, "/json-echo", i), range(12)))
-    for wall_ms, data in results:
+            concurrent_ = list(pool.map(lambda i: _post(client, "/json-echo", 10 + i), range(12)))
+    for wall_ms, data in sequential:
         assert data["outcomes"] == {"intent": "timeout"}
         assert data["added_ms"] <= BUDGET_MS + slack_ms  # type: ignore[operator]
-        # Sync workers serve one request at a time: queueing is the server's, not ours.
-        assert wall_ms - bare <= (BUDGET_MS + WALL_SLACK_MS) * -(-12 // 2 // 2)
+        assert wall_ms - bare <= BUDGET_MS + WALL_SLACK_MS
+    for wall_ms, data in concurrent_:
+        # Deadlines firing together resume one after another (see test_uvicorn_subprocess);
+        # a worker busy with a request queues the next one: that is the server's, not ours.
+        assert data["outcomes"] == {"intent": "timeout"}
+        assert data["added_ms"] <= BUDGET_MS + slack_ms + 60  # type: ignore[operator]
+        assert wall_ms - bare <= 2 * (BUDGET_MS + WALL_SLACK_MS)
 
 
 @pytest.mark.parametrize("adapter", ["wsgi", "flask", "django"])

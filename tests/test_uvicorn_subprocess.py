@@ -20,6 +20,11 @@ pytestmark = pytest.mark.slow
 
 BUDGET_MS = 200
 WALL_SLACK_MS = 250  # loopback round trip + a noisy shared CI machine; added_ms is the exact one
+# Concurrent requests whose deadlines fire together resume one after another on one core: the
+# app's and the server's work for the others is queueing, not time the middleware added. The
+# exact figure at concurrency 50 is bench/budget.py's job; here a hidden wait (a provider
+# timeout, a retry) would show as hundreds of ms.
+HERD_SLACK_MS = 60
 
 
 def test_budget_holds_with_a_hanging_provider_under_concurrency(fault_server: FaultServer) -> None:
@@ -29,18 +34,22 @@ def test_budget_holds_with_a_hanging_provider_under_concurrency(fault_server: Fa
         uvicorn_subprocess("apps:subprocess_starlette", env) as base,
         httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=20)) as client,
     ):
-        bare = [_timed(client, "/echo", i)[0] for i in range(10)]
+        bare = statistics.median(_timed(client, "/echo", i)[0] for i in range(10))
+        sequential = [_timed(client, "/json-echo", i) for i in range(10)]
 
         def one(i: int) -> tuple[float, dict[str, object]]:
-            return _timed(client, "/json-echo", i)
+            return _timed(client, "/json-echo", 100 + i)
 
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
-            results = list(pool.map(one, range(40)))
-    baseline = statistics.median(bare)
-    for wall_ms, data in results:
+            concurrent_ = list(pool.map(one, range(40)))
+    for wall_ms, data in sequential:
         assert data["outcomes"] == {"intent": "timeout"}
         assert data["added_ms"] <= BUDGET_MS + 5  # type: ignore[operator]
-        assert wall_ms - baseline <= BUDGET_MS + WALL_SLACK_MS
+        assert wall_ms - bare <= BUDGET_MS + WALL_SLACK_MS
+    for wall_ms, data in concurrent_:
+        assert data["outcomes"] == {"intent": "timeout"}
+        assert data["added_ms"] <= BUDGET_MS + HERD_SLACK_MS  # type: ignore[operator]
+        assert wall_ms - bare <= BUDGET_MS + WALL_SLACK_MS
 
 
 def _timed(client: httpx.Client, path: str, i: int) -> tuple[float, dict[str, object]]:
