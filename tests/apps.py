@@ -12,7 +12,10 @@ import json
 import os
 from typing import Any
 
-RULE_PATHS = ["/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo"]
+RULE_PATHS = [
+    "/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo", "/pii-echo",
+    "/pii-form-echo",
+]  # fmt: skip
 
 
 def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) -> dict[str, Any]:
@@ -43,6 +46,22 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
             rule("/body-echo", "body", ["POST"]),
             rule("/header-echo", "header:x-query"),
             rule("/wait-disconnect", "json:/q", ["POST"]),
+            {
+                "path": "/pii-echo",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {"type": "pii_masking"},
+                    {"type": "intent", "schema": schema, "source": "json:/message"},
+                ],
+            },
+            {
+                "path": "/pii-form-echo",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {"type": "pii_masking"},
+                    {"type": "intent", "schema": schema, "source": "form:message"},
+                ],
+            },
         ],
     }
     config.update(overrides)
@@ -56,12 +75,15 @@ def describe(
     body: bytes,
     content_length: str | None,
     result: Any,
+    **extra: Any,
 ) -> dict[str, Any]:
     return {
+        **extra,
         "method": method,
         "path": path,
         "query": query,
         "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body": body.decode("utf-8", "replace"),
         "body_len": len(body),
         "content_length": content_length,
         "intent": result.intent.model_dump() if result is not None and result.intent else None,
@@ -177,7 +199,7 @@ def build_flask(config: Any) -> Any:
         body = request.get_data(cache=True)
         return describe(
             request.method, request.path, request.args.to_dict(), body,
-            request.headers.get("Content-Length"), flask.g.llm,
+            request.headers.get("Content-Length"), flask.g.llm, post=request.form.to_dict(),
         )  # fmt: skip
 
     for path in RULE_PATHS:
@@ -219,6 +241,7 @@ def _django_echo(request: Any) -> Any:
             body,
             request.META.get("CONTENT_LENGTH") or None,
             getattr(request, "llm", None),
+            post=request.POST.dict(),
         )  # fmt: skip
     )
 

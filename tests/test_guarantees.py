@@ -3,17 +3,15 @@ werkzeug's threaded server (WSGI, Flask, Django sync) on loopback, against the f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from apps import build_django, build_flask, build_starlette, build_wsgi, make_config
 from fault_server import (
     FaultServer,
     close_connection,
@@ -28,64 +26,15 @@ from fault_server import (
     reply,
     status,
 )
-from servers import serve_asgi_thread, serve_wsgi_thread
+from servers import GUARANTEE_BUDGET_MS, OWN_SLACK_MS, Serve
 
-BUDGET_MS = 300
+BUDGET_MS = GUARANTEE_BUDGET_MS
 # The middleware's own measure of what it added must stay within budget + 5 ms (ASGI) or
 # + 10 ms (sync adapters, which wait on the background loop); the client's wall clock also
 # pays for the loopback round trip and the test machine's noise.
-OWN_SLACK_MS = {"asgi": 5, "django-async": 5, "wsgi": 10, "flask": 10, "django-sync": 10}
 WALL_SLACK_MS = 250
-ADAPTERS = list(OWN_SLACK_MS)
 
 GOOD = {"category": "shoes", "color": "red", "max_price": 100}
-
-Serve = Callable[..., contextlib.AbstractContextManager[str]]
-
-
-@pytest.fixture(params=ADAPTERS)
-def adapter(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def serve(fault_server: FaultServer, adapter: str) -> Iterator[Serve]:
-    engines: list[Any] = []
-
-    @contextlib.contextmanager
-    def start(provider_url: str | None = None, **overrides: Any) -> Iterator[str]:
-        config = make_config(provider_url or fault_server.url, budget_ms=BUDGET_MS, **overrides)
-        if adapter == "asgi":
-            with serve_asgi_thread(build_starlette(config)) as base:
-                yield base
-            return
-        if adapter == "django-async":
-            app = build_django(config, asgi=True)
-            with serve_asgi_thread(app, lifespan="off") as base:
-                yield base
-                _close_django_engine()  # on uvicorn's loop, before it stops
-            return
-        if adapter == "django-sync":
-            app = build_django(config, asgi=False)
-        else:
-            app = build_wsgi(config) if adapter == "wsgi" else build_flask(config)
-            engines.append(
-                app.engine if adapter == "wsgi" else app.extensions["llm_middleware"].engine
-            )
-        with serve_wsgi_thread(app) as base:
-            yield base
-        if adapter == "django-sync":
-            _close_django_engine()
-
-    yield start
-    for engine in engines:
-        engine.close()
-
-
-def _close_django_engine() -> None:
-    from llm_middleware.django import engine_from_settings
-
-    engine_from_settings.get().close()
 
 
 def post_json(base: str, body: bytes, path: str = "/json-echo") -> tuple[httpx.Response, float]:

@@ -8,7 +8,7 @@ from typing import Any
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange
-from .observability import log_internal_error, server_timing
+from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,7 +79,12 @@ class _Responder:
             log_internal_error("asgi", exc)
             scope = dict(scope)
             scope[SCOPE_MARK] = True
-        await self.app(scope, self._replay(receive), send)
+        result = scope.get("state", {}).get("llm") if SCOPE_MARK in scope else None
+        token = set_request_pii(result.pii_values if result is not None else frozenset())
+        try:
+            await self.app(scope, self._replay(receive), send)
+        finally:
+            reset_request_pii(token)
 
     async def _before(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Send]:
         deadline = Deadline(self.rule.budget_s)

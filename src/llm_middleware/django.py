@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange
-from .observability import log_internal_error
+from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync
 
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
@@ -67,26 +67,36 @@ class LLMMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         prepared = self._prepare(request)
-        if prepared is not None:
-            engine, rule, exchange, deadline = prepared
-            try:
-                result, body, query = process_request_sync(engine, rule, exchange, deadline)
-                _apply(request, result, body, query)
-            except Exception as exc:
-                log_internal_error("django", exc)
-        return self.get_response(request)
+        if prepared is None:
+            return self.get_response(request)
+        engine, rule, exchange, deadline = prepared
+        try:
+            result, body, query = process_request_sync(engine, rule, exchange, deadline)
+            _apply(request, result, body, query)
+        except Exception as exc:
+            log_internal_error("django", exc)
+        token = set_request_pii(_pii_values(request))
+        try:
+            return self.get_response(request)
+        finally:
+            reset_request_pii(token)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         prepared = self._prepare(request)
-        if prepared is not None:
-            engine, rule, exchange, deadline = prepared
-            try:
-                result = await engine.process_request(rule, exchange, deadline)
-                _apply(request, result, exchange.new_body, exchange.new_query_string)
-            except Exception as exc:
-                log_internal_error("django", exc)
-        response: Awaitable[HttpResponseBase] = self.get_response(request)
-        return await response
+        if prepared is None:
+            return await self.get_response(request)
+        engine, rule, exchange, deadline = prepared
+        try:
+            result = await engine.process_request(rule, exchange, deadline)
+            _apply(request, result, exchange.new_body, exchange.new_query_string)
+        except Exception as exc:
+            log_internal_error("django", exc)
+        token = set_request_pii(_pii_values(request))
+        try:
+            response: Awaitable[HttpResponseBase] = self.get_response(request)
+            return await response
+        finally:
+            reset_request_pii(token)
 
     def _prepare(
         self, request: HttpRequest
@@ -141,6 +151,11 @@ def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> Non
         exchange.body_skip_reason = "body_already_read"
     except RequestDataTooBig:
         exchange.body_skip_reason = "body_too_large"
+
+
+def _pii_values(request: HttpRequest) -> frozenset[str]:
+    result = getattr(request, "llm", None)
+    return result.pii_values if result is not None else frozenset()
 
 
 def _apply(request: HttpRequest, result: Any, body: bytes | None, query: str | None) -> None:

@@ -20,6 +20,7 @@ from .deadline import Deadline
 from .exchange import Headers, RequestExchange, SourceError
 from .interceptors.base import Interceptor, RequestContext
 from .interceptors.intent import IntentInterceptor
+from .interceptors.pii import PIIInterceptor
 from .llm import CallStats, LLMClient, LLMError
 from .observability import log_internal_error, log_request
 from .result import LLMResult
@@ -61,7 +62,9 @@ def build_interceptor(cfg: Any, name: str) -> Interceptor:
     if isinstance(cfg, IntentExtraction):
         return IntentInterceptor(cfg, name)
     if isinstance(cfg, PIIMasking):
-        raise ConfigError(f"{name}: PII masking is not available in this version yet")
+        if "response" in cfg.targets:
+            raise ConfigError(f"{name}: response masking is not available in this version yet")
+        return PIIInterceptor(cfg, name)
     if isinstance(cfg, ResponseEnrichment):
         raise ConfigError(f"{name}: response enrichment is not available in this version yet")
     raise TypeError(f"unknown interceptor config {cfg!r}")

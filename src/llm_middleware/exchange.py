@@ -106,7 +106,7 @@ class RequestExchange:
         body = self.current_body
         if body is None:
             raise SourceError(self.body_skip_reason or "body_not_read")
-        charset = _charset(self.headers.get("content-type") or "")
+        charset = charset_of(self.headers.get("content-type") or "")
         try:
             return body.decode(charset)
         except (UnicodeDecodeError, LookupError):
@@ -137,7 +137,7 @@ def is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def _charset(content_type: str) -> str:
+def charset_of(content_type: str) -> str:
     for part in content_type.split(";")[1:]:
         key, _, value = part.partition("=")
         if key.strip().lower() == "charset" and value.strip():

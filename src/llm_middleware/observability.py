@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from .pii import scrub
 
 if TYPE_CHECKING:
     from .llm import CallStats
@@ -56,3 +60,43 @@ def log_internal_error(where: str, exc: BaseException) -> None:
 def server_timing(result: LLMResult) -> str:
     outcomes = ",".join(f"{k}={v}" for k, v in result.outcomes.items())
     return f'llm;dur={result.added_ms:.1f};desc="{outcomes}"'
+
+
+# -- keeping masked values out of the host app's logs ---------------------------------------------
+
+_current_pii: ContextVar[frozenset[str]] = ContextVar("llm_middleware_pii", default=frozenset())
+
+
+def set_request_pii(values: frozenset[str]) -> Token[frozenset[str]]:
+    """Adapters call this before the app runs on a matched request (and reset it after)."""
+    return _current_pii.set(values)
+
+
+def reset_request_pii(token: Token[frozenset[str]]) -> None:
+    _current_pii.reset(token)
+
+
+def scrub_pii(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: replaces every value masked on the current request by
+    ``[REDACTED]`` in every field of every event, whoever logs it. Put it last before the
+    renderer::
+
+        structlog.configure(processors=[..., llm_middleware.observability.scrub_pii, renderer])
+    """
+    values = _current_pii.get()
+    if not values:
+        return event_dict
+    return {key: _scrub(value, values) for key, value in event_dict.items()}
+
+
+def _scrub(value: Any, values: frozenset[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, values)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, values) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(v, values) for v in value]
+    text = repr(value)  # an object the renderer would print: check what it would show
+    return scrub(text, values) if any(v in text for v in values) else value

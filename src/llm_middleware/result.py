@@ -27,6 +27,8 @@ class LLMResult:
     outcomes: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     added_ms: float = 0.0
+    # What was masked, for the log scrubber only: never shown, compared or logged.
+    pii_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def record(self, name: str, outcome: str, reason: str | None = None) -> None:
         self.outcomes[name] = outcome

@@ -10,7 +10,7 @@ from typing import Any
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange
-from .observability import log_internal_error
+from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync
 
 RESULT_KEY = "llm_middleware.result"
@@ -29,12 +29,18 @@ class LLMWSGIMiddleware:
         if RESULT_KEY in environ:  # wrapped twice: the outer instance already handled it
             return self.app(environ, start_response)
         rule = self.engine.match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
-        if rule is not None:
-            try:
-                self._before(rule, environ)
-            except Exception as exc:  # ours: the request goes on as it came (body restored)
-                log_internal_error("wsgi", exc)
-        return self.app(environ, start_response)
+        if rule is None:
+            return self.app(environ, start_response)
+        try:
+            self._before(rule, environ)
+        except Exception as exc:  # ours: the request goes on as it came (body restored)
+            log_internal_error("wsgi", exc)
+        result = environ.get(RESULT_KEY)
+        token = set_request_pii(result.pii_values if result is not None else frozenset())
+        try:
+            return self.app(environ, start_response)
+        finally:
+            reset_request_pii(token)
 
     def _before(self, rule: CompiledRule, environ: dict[str, Any]) -> None:
         deadline = Deadline(rule.budget_s)

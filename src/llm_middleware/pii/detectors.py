@@ -1,0 +1,679 @@
+"""Regex + checksum PII detectors: stdlib only, deterministic, no network.
+
+Each built-in detector runs a cheap pre-filter (a substring test such as ``"@" in text``),
+one compiled regex, and validates candidates in Python (Luhn, IBAN mod-97, ``ipaddress``,
+SSN area/group rules, calling codes). Two decisions carry most of the speed:
+
+* Phones, cards, SSNs, IPv4 addresses and IBANs share one regex, so the text is scanned once
+  for all of them; ``Match.lastgroup`` says which shape matched.
+* Patterns start with a character class and check what precedes it afterwards
+  (``\\d(?<!\\w\\d)...`` rather than ``(?<!\\w)\\d...``): the regex engine then jumps from one
+  candidate character to the next instead of trying an assertion at every position.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+__all__ = [
+    "BUILTIN_ENTITIES",
+    "Detector",
+    "Finding",
+    "NerCallable",
+    "PIIDetector",
+    "make_detector",
+    "register_detector",
+    "unregister_detector",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected value; ``text`` is left out of ``repr`` so a logged finding leaks nothing."""
+
+    entity_type: str
+    start: int
+    end: int
+    text: str = field(repr=False)
+    score: float
+
+
+Finder = Callable[[str], Iterable[Finding]]
+NerCallable = Callable[[str], Iterable[tuple[str, int, int, float]]]
+Validator = Callable[[str], bool]
+SpanFinder = Callable[[str], Iterable[tuple[int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """A finder and the entity types it can report.
+
+    :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``.
+    """
+
+    entity_types: frozenset[str]
+    find: Finder
+    hint: str = ""
+
+
+_HAS_DIGIT = re.compile(r"[0-9]").search
+_START = attrgetter("start")
+_NON_DIGITS = re.compile(r"[^0-9]+")
+
+
+# --------------------------------------------------------------------------- EMAIL_ADDRESS
+
+# Narrower than RFC 5322 on purpose: quotes, '=', '/', '?'... are rare inside real local parts
+# but common right before an address ("email=jane@x.io", "'jane@x.io'").
+_EMAIL_LOCAL_RUN = re.compile(r"[\w+%.-]*")
+_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-]|\.[^\W_])")
+_EMAIL_MAX_LOCAL = 64
+
+
+def _find_emails(text: str) -> Iterator[Finding]:
+    # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
+    # the domain is matched forwards, the local part backwards (on the reversed prefix).
+    floor = 0
+    at = text.find("@")
+    while at != -1:
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is not None:
+            lowest = max(floor, at - _EMAIL_MAX_LOCAL - 1)
+            run = _EMAIL_LOCAL_RUN.match(text[lowest:at][::-1])
+            size = run.end() if run else 0
+            start = at - size
+            while start < at and text[start] == ".":
+                start += 1
+            local = text[start:at]
+            # A run reaching the window start is too long, or glued to the previous address.
+            if (
+                local
+                and local[-1] != "."
+                and ".." not in local
+                and (size < at - lowest or not lowest)
+            ):
+                end = domain.end()
+                yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
+                floor = end
+        at = text.find("@", at + 1)
+
+
+# --------------------------------------------------------------------------- digit-led entities
+
+# One regex, one scan, for every shape that starts with a digit, a capital (IBAN), "(" or "+"
+# (phones). No match starts right after a word character, ".", "+" or "-", nor a digit right
+# after "::" or "<digit>:" (the end of an IPv6 address or a time: "::1 415-555-0132").
+_SYMBOL_LED_SHAPES = (
+    r"(?<=\+)(?P<intl_phone>"
+    r"\d{8,15}|[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\)[ .-]?\d{1,8}|[ .-]\d{1,8})(?:[ .-]\d{2,8}){0,6})"
+    r"(?![\w]|[.-]\d)",
+    r"(?<=\()(?P<paren_phone>\d{3}\) ?\d{3}[ .-]\d{4})(?![\w-]|\.\d)",
+    r"(?<=[A-Z])(?P<iban>[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])",
+)
+_DIGIT_LED_SHAPES = (
+    r"(?P<ipv4>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)",
+    r"(?P<ssn>\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4})(?![\w]|-\d)",
+    r"(?P<phone>(?:(?<=1)[ .-]?(?:\(\d{3}\) ?|\d{3}[ .-])|\d\d[ .-])\d{3}[ .-]\d{4})"
+    r"(?![\w-]|\.\d)",
+    # Any 13+ digits with single space/dash separators; _find_cards_in_run sorts it out.
+    r"(?P<card>(?:[ -]?\d){12,})(?![\w]|\.\d)",
+    r"(?P<bare9>\d{8})(?![\w]|-\d)",
+)
+
+
+def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
+    return re.compile(
+        r"[0-9(A-Z+](?<![\w.+-][0-9A-Z(+])"
+        rf"(?:{'|'.join(_SYMBOL_LED_SHAPES)}|(?<=\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
+        re.ASCII,
+    )
+
+
+_NUMERIC = _numeric_pattern(_DIGIT_LED_SHAPES)
+# For what a card run holds besides its cards ("4111 1111 1111 1111 536-22-1234").
+_NUMERIC_NO_CARD = _numeric_pattern(s for s in _DIGIT_LED_SHAPES if "<card>" not in s)
+
+
+def _nanp_valid(national: str) -> bool:
+    return (
+        len(national) == 10
+        and national[0] >= "2"
+        and national[1:3] != "11"
+        and national[3] >= "2"
+        and national[4:6] != "11"
+    )
+
+
+def _ipv4_valid(candidate: str) -> bool:
+    try:
+        ipaddress.IPv4Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+# -- US_SSN
+
+_SSN_CONTEXT = re.compile(r"\b(?:ssn|ss#|social\s+security)", re.IGNORECASE)
+_SSN_CONTEXT_WINDOW = 30
+_SENTENCE_BREAK = re.compile(r"[.!?]\s+[A-Z]|\n")
+_SSN_FAKES = frozenset({"123456789", "078051120"})
+
+
+def _ssn_valid(digits: str) -> bool:
+    area = digits[:3]
+    return (
+        area != "000"
+        and area != "666"
+        and area[0] != "9"
+        and digits[3:5] != "00"
+        and digits[5:] != "0000"
+        and digits not in _SSN_FAKES
+        and digits.count(digits[0]) != 9
+    )
+
+
+def _ssn_context_near(text: str, start: int) -> bool:
+    # A context word ("ssn", "social security") shortly before the number, same sentence.
+    lowest = max(0, start - _SSN_CONTEXT_WINDOW - 20)
+    return any(
+        start - c.end() <= _SSN_CONTEXT_WINDOW
+        and _SENTENCE_BREAK.search(text, c.end(), start) is None
+        for c in _SSN_CONTEXT.finditer(text, lowest, start)
+    )
+
+
+# -- CREDIT_CARD
+
+_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of 2 * digit
+_CARD_SEPARATOR = re.compile(r"[ -]")
+
+
+def _luhn_valid(digits: str) -> bool:
+    summed = digits[-1::-2] + digits[-2::-2].translate(_LUHN_DOUBLE)
+    return (sum(summed.encode()) - 48 * len(summed)) % 10 == 0
+
+
+def _card_brand_valid(digits: str) -> bool:
+    # Prefixes of equal length compare as strings exactly as they would as numbers.
+    n = len(digits)
+    first = digits[0]
+    if first == "4":  # Visa
+        return n == 16 or n == 13 or n == 19
+    if first == "5":  # Mastercard
+        return "1" <= digits[1] <= "5" and n == 16
+    if first == "2":  # Mastercard 2-series
+        return "2221" <= digits[:4] <= "2720" and n == 16
+    if first == "3":
+        two = digits[:2]
+        if two == "34" or two == "37":  # Amex
+            return n == 15
+        if two == "36" or two == "38" or "300" <= digits[:3] <= "305":  # Diners
+            return 14 <= n <= 19
+        return "3528" <= digits[:4] <= "3589" and 16 <= n <= 19  # JCB
+    if first == "6":  # Discover (6011, 644-649, 65), UnionPay (62)
+        return (
+            digits[1] == "2" or "644" <= digits[:3] <= "659" or digits[:4] == "6011"
+        ) and 16 <= n <= 19
+    return False
+
+
+def _card_valid(value: str) -> bool:
+    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind.
+    if value.isdigit():
+        digits = value
+    else:
+        sep = value[4:5]
+        if sep != " " and sep != "-":
+            return False
+        groups = value.split(sep)
+        digits = "".join(groups)
+        if not digits.isdigit() or len(groups[-1]) > 6:
+            return False
+        for group in groups[1:-1]:
+            if not 4 <= len(group) <= 6:
+                return False
+    return 13 <= len(digits) <= 19 and _card_brand_valid(digits) and _luhn_valid(digits)
+
+
+def _find_cards_in_run(text: str, run_start: int, run_end: int) -> Iterator[Finding]:
+    # The run is any 13+ digits with single space/dash separators. Try it whole, then windows
+    # of whole groups, longest first, so "ref 12 4111 1111 1111 1111" still finds the card.
+    run = text[run_start:run_end]
+    if _card_valid(run):
+        yield Finding("CREDIT_CARD", run_start, run_end, run, 0.9)
+        return
+    groups = _CARD_SEPARATOR.split(run)
+    starts = [0]
+    for group in groups[:-1]:
+        starts.append(starts[-1] + len(group) + 1)
+    i = 0
+    while i < len(groups):
+        # Every card is written as one block or starts with a group of four.
+        if len(groups[i]) != 4 and not 13 <= len(groups[i]) <= 19:
+            i += 1
+            continue
+        hit = None
+        j = i
+        size = 0
+        while j < len(groups) and size + len(groups[j]) <= 19:
+            size += len(groups[j])
+            j += 1
+        while j > i and size >= 13:
+            window = run[starts[i] : starts[j - 1] + len(groups[j - 1])]
+            if _card_valid(window):
+                start = run_start + starts[i]
+                yield Finding("CREDIT_CARD", start, start + len(window), window, 0.9)
+                hit = j
+                break
+            j -= 1
+            size -= len(groups[j])
+        i = hit if hit is not None else i + 1
+
+
+# -- IBAN_CODE
+
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+_IBAN_TO_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
+
+
+def _iban_checksum_valid(iban: str) -> bool:
+    return int((iban[4:] + iban[:4]).translate(_IBAN_TO_DIGITS)) % 97 == 1
+
+
+def _iban_end(text: str, start: int, end: int) -> int | None:
+    """End of the valid IBAN at ``text[start:end]``, or None.
+
+    The candidate may run on into a following 4-character token: it is cut at the length
+    registered for its country, which must fall between two groups.
+    """
+    length = _IBAN_LENGTHS.get(text[start : start + 2])
+    if length is None:
+        return None
+    compact = text[start:end].replace(" ", "")
+    if len(compact) < length:
+        return None
+    if len(compact) > length:
+        end = start
+        seen = 0
+        while seen < length:
+            seen += text[end] != " "
+            end += 1
+        if text[end] != " ":
+            return None
+        compact = compact[:length]
+    return end if _iban_checksum_valid(compact) else None
+
+
+# -- international phones
+
+_PHONE_LAST_GROUP = re.compile(r"[ .-][0-9]+$")
+_CC_ONE = frozenset("17")
+_CC_TWO = frozenset(map(str, (
+    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
+    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+)))  # fmt: skip
+# Every other assigned calling code has three digits and starts with one of these.
+_CC_THREE_PREFIXES = frozenset(map(str, (
+    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
+)))  # fmt: skip
+
+
+def _calling_code(digits: str) -> str | None:
+    if digits[0] in _CC_ONE:
+        return digits[0]
+    if digits[:2] in _CC_TWO:
+        return digits[:2]
+    if digits[:2] in _CC_THREE_PREFIXES:
+        return digits[:3]
+    return None
+
+
+def _intl_phone_valid(candidate: str) -> bool:
+    digits = _NON_DIGITS.sub("", candidate.replace("(0)", ""))
+    if not 8 <= len(digits) <= 15:
+        return False
+    code = _calling_code(digits)
+    if code is None:
+        return False
+    national = digits[len(code) :]
+    return _nanp_valid(national) if code == "1" else len(national) >= 6
+
+
+def _intl_phone_end(text: str, start: int, end: int) -> int | None:
+    # A trailing group may be an unrelated number ("call +1 415 555 0132 24/7").
+    candidate = text[start:end]
+    while not _intl_phone_valid(candidate):
+        tail = _PHONE_LAST_GROUP.search(candidate)
+        if tail is None:
+            return None
+        candidate = candidate[: tail.start()]
+    return start + len(candidate)
+
+
+def _find_numeric(
+    text: str, pos: int = 0, endpos: int | None = None, pattern: re.Pattern[str] = _NUMERIC
+) -> Iterator[Finding]:
+    # When a candidate turns out shorter than its match, or no entity at all, scanning
+    # resumes inside the match: the rest may hold another entity.
+    search = pattern.search
+    if endpos is None:
+        endpos = len(text)
+    while (m := search(text, pos, endpos)) is not None:
+        kind = m.lastgroup
+        start, pos = m.span()
+        if kind == "card":
+            covered = start
+            for card in _find_cards_in_run(text, start, pos):
+                if card.start > covered:
+                    yield from _find_numeric(text, covered, card.start, _NUMERIC_NO_CARD)
+                yield card
+                covered = card.end
+            if covered == start:
+                yield from _find_numeric(text, start, pos, _NUMERIC_NO_CARD)
+            else:
+                pos = covered
+        elif kind == "iban":
+            iban_end = _iban_end(text, start, pos)
+            if iban_end is None:
+                pos = start + 2
+            else:
+                yield Finding("IBAN_CODE", start, iban_end, text[start:iban_end], 0.95)
+                pos = iban_end
+        elif kind == "intl_phone":
+            phone_end = _intl_phone_end(text, start, pos)
+            if phone_end is None:
+                pos = start + 1
+            else:
+                yield Finding("PHONE_NUMBER", start, phone_end, text[start:phone_end], 0.75)
+                pos = phone_end
+        elif kind == "ipv4":
+            if _ipv4_valid(value := m.group()):
+                yield Finding("IP_ADDRESS", start, pos, value, 0.8)
+        elif kind == "ssn":
+            value = m.group()
+            if _ssn_valid(value.replace(value[3], "")):
+                yield Finding("US_SSN", start, pos, value, 0.85 if value[3] == "-" else 0.6)
+        elif kind == "phone" or kind == "paren_phone":
+            value = m.group()
+            if _nanp_valid(_NON_DIGITS.sub("", value)[-10:]):
+                yield Finding("PHONE_NUMBER", start, pos, value, 0.7)
+        elif _ssn_valid(value := m.group()) and _ssn_context_near(text, start):
+            yield Finding("US_SSN", start, pos, value, 0.7)
+
+
+# --------------------------------------------------------------------------- IPv6
+
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]*")
+_IPV6_MAX = 45  # "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+
+
+def _ipv6_valid(candidate: str) -> bool:
+    colons = candidate.count(":")
+    if "::" not in candidate and colons != 7 and not (colons == 6 and "." in candidate):
+        return False
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_ipv6(text: str) -> Iterator[Finding]:
+    # Every IPv6 address has "::" or at least six colons.
+    if "::" not in text and text.count(":") < 6:
+        return
+    # Anchored on ':' (a fast substring search): the address is the run of hex digits, colons
+    # and dots around it, which must not touch a word character.
+    colon = text.find(":")
+    while colon != -1:
+        back = _IPV6_CHARS.match(text[max(0, colon - _IPV6_MAX) : colon][::-1])
+        start = colon - (back.end() if back else 0)
+        ahead = _IPV6_CHARS.match(text, colon)
+        end = ahead.end() if ahead else colon + 1
+        colon = text.find(":", end)
+        candidate = text[start:end]
+        if (
+            (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
+            or (end < len(text) and (text[end].isalnum() or text[end] == "_"))
+            or candidate[0] == "."
+            or len(candidate) > _IPV6_MAX + 1
+            or candidate.count(":") < 2
+            # A digit is required so that words like "bad::" or "cafe:face:" are never IPs.
+            or _HAS_DIGIT(candidate) is None
+        ):
+            continue
+        if not _ipv6_valid(candidate):
+            candidate = candidate[:-1]  # trailing punctuation, as in "at fe80::1: it failed"
+            if candidate[-1] == "." or not _ipv6_valid(candidate):
+                continue
+        yield Finding("IP_ADDRESS", start, start + len(candidate), candidate, 0.8)
+
+
+# --------------------------------------------------------------------------- SECRET
+
+# Each pattern starts with its literal prefix (which the regex engine finds with a fast
+# substring search) and only then checks that the prefix does not start mid-word.
+_OPENAI_KEY = re.compile(r"sk-(?<![\w-]sk-)[A-Za-z0-9_-]{20,}")
+_SLACK_TOKEN = re.compile(r"xox(?<!\wxox)[bpas]-[A-Za-z0-9-]{10,}")
+# The body runs to the next "-----" (its END line, or the next key when END is missing).
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY-----(?:[^-]|-(?!----))*+"
+    r"(?:-----END[A-Z0-9 ]* PRIVATE KEY-----)?"
+)
+_GITHUB_TOKEN = re.compile(r"gh(?<!\wgh)[pousr]_[A-Za-z0-9]{36,255}(?!\w)", re.ASCII)
+_GITHUB_PAT = re.compile(r"github_pat_(?<!\wgithub_pat_)\w{22,255}", re.ASCII)
+_AWS_KEY_ID = re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[0-9A-Z]{16}(?![A-Za-z0-9])")
+_JWT = re.compile(r"eyJ(?<![\w-]eyJ)[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*", re.ASCII)
+_BEARER = re.compile(r"\b[Bb]earer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)")
+
+
+def _token_like(value: str) -> bool:
+    # "Bearer tokens are..." or "sk-learn-compatible-estimators" must not become secrets.
+    return _HAS_DIGIT(value) is not None or (
+        len(value) >= 20 and not value.islower() and not value.isupper()
+    )
+
+
+def _find_secrets(text: str) -> list[Finding]:
+    # Single-character tests first: they are much cheaper than substring searches.
+    candidates: list[tuple[re.Match[str], float]] = []
+    if "-" in text:
+        if "sk-" in text:
+            candidates.extend((m, 0.9) for m in _OPENAI_KEY.finditer(text) if _token_like(m[0]))
+        if "xox" in text:
+            candidates.extend((m, 0.9) for m in _SLACK_TOKEN.finditer(text))
+        if "-----BEGIN" in text:
+            candidates.extend((m, 1.0) for m in _PRIVATE_KEY.finditer(text))
+    if "_" in text:
+        if "gh" in text:
+            candidates.extend((m, 0.9) for m in _GITHUB_TOKEN.finditer(text))
+        if "github_pat_" in text:
+            candidates.extend((m, 0.9) for m in _GITHUB_PAT.finditer(text))
+    if "IA" in text:
+        candidates.extend((m, 0.9) for m in _AWS_KEY_ID.finditer(text))
+    if "J" in text and "eyJ" in text:
+        candidates.extend((m, 0.9) for m in _JWT.finditer(text))
+    found = [Finding("SECRET", m.start(), m.end(), m[0], score) for m, score in candidates]
+    if "earer" in text:  # "Bearer", "bearer"
+        for m in _BEARER.finditer(text):
+            if _token_like(m[1]):
+                found.append(Finding("SECRET", m.start(1), m.end(1), m[1], 0.85))
+    return found
+
+
+# --------------------------------------------------------------------------- registry
+
+_BUILTINS: tuple[Detector, ...] = (
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
+    Detector(
+        frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
+        _find_numeric,
+    ),
+    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
+    Detector(frozenset({"SECRET"}), _find_secrets),
+)
+BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
+
+_ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_REGISTRY: dict[str, Detector] = {}
+
+
+def make_detector(
+    entity_type: str,
+    pattern_or_callable: str | re.Pattern[str] | SpanFinder,
+    validator: Validator | None = None,
+    *,
+    score: float = 0.8,
+) -> Detector:
+    """Build a detector from a regex (its whole match) or a ``callable(text) -> [(start, end)]``.
+
+    ``validator(value) -> bool``, when given, filters the candidates.
+    """
+    if _ENTITY_NAME.fullmatch(entity_type) is None:
+        raise ValueError(f"entity type must be UPPER_SNAKE_CASE, got {entity_type!r}")
+    types = frozenset({entity_type})
+    if isinstance(pattern_or_callable, str | re.Pattern):
+        pattern = re.compile(pattern_or_callable)
+
+        def find_pattern(text: str) -> Iterator[Finding]:
+            for m in pattern.finditer(text):
+                value = m.group()
+                if value and (validator is None or validator(value)):
+                    yield Finding(entity_type, m.start(), m.end(), value, score)
+
+        return Detector(types, find_pattern)
+    find_spans = pattern_or_callable
+
+    def find_callable(text: str) -> Iterator[Finding]:
+        for start, end in find_spans(text):
+            value = text[start:end]
+            if 0 <= start < end <= len(text) and (validator is None or validator(value)):
+                yield Finding(entity_type, start, end, value, score)
+
+    return Detector(types, find_callable)
+
+
+def register_detector(
+    name: str,
+    pattern_or_callable: str | re.Pattern[str] | SpanFinder,
+    validator: Validator | None = None,
+    *,
+    score: float = 0.8,
+) -> Detector:
+    """Register a custom detector for entity type ``name``, replacing one of the same name.
+
+    It joins every :class:`PIIDetector` created afterwards; existing ones keep their set.
+    """
+    detector = make_detector(name, pattern_or_callable, validator, score=score)
+    _REGISTRY[name] = detector
+    return detector
+
+
+def unregister_detector(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+# --------------------------------------------------------------------------- PIIDetector
+
+
+def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
+    found.sort(key=_START)
+    end = -1
+    for f in found:
+        if f.start < end:
+            break
+        end = f.end
+    else:
+        return found
+    # Greedy by priority: higher score first, then the longer span, then the earlier one.
+    kept: list[Finding] = []
+    starts: list[int] = []
+    for f in sorted(found, key=lambda f: (-f.score, f.start - f.end, f.start)):
+        i = bisect.bisect_right(starts, f.start)
+        if (i and kept[i - 1].end > f.start) or (i < len(kept) and kept[i].start < f.end):
+            continue
+        starts.insert(i, f.start)
+        kept.insert(i, f)
+    return kept
+
+
+class PIIDetector:
+    """Detect PII in text.
+
+    ``entities`` limits the entity types reported (default: all built-in and registered ones).
+    ``extra`` adds detectors to this instance only. ``ner`` is an optional
+    ``callable(text) -> iterable of (entity_type, start, end, score)`` (a spaCy model for
+    PERSON, say) whose results are merged with the regex findings.
+    """
+
+    __slots__ = ("_entities", "_finders", "_keep", "_ner")
+
+    def __init__(
+        self,
+        entities: Iterable[str] | None = None,
+        *,
+        extra: Iterable[Detector] = (),
+        ner: NerCallable | None = None,
+    ) -> None:
+        detectors = (*_BUILTINS, *_REGISTRY.values(), *extra)
+        self._ner = ner
+        self._keep: frozenset[str] | None = None
+        if entities is None:
+            self._entities = frozenset().union(*(d.entity_types for d in detectors))
+        else:
+            wanted = frozenset(entities)
+            unknown = wanted.difference(*(d.entity_types for d in detectors))
+            if unknown and ner is None:
+                raise ValueError(f"no detector for entity types: {', '.join(sorted(unknown))}")
+            detectors = tuple(d for d in detectors if d.entity_types & wanted)
+            self._entities = wanted
+            # Shared detectors (the digit scan) may report types that were not asked for.
+            if any(d.entity_types - wanted for d in detectors) or ner is not None:
+                self._keep = wanted
+        self._finders = tuple((d.hint, d.find) for d in detectors)
+
+    @property
+    def entities(self) -> frozenset[str]:
+        """Entity types reported (without ``entities``, NER types are not listed)."""
+        return self._entities
+
+    def detect(self, text: str) -> list[Finding]:
+        """Findings sorted by start, non-overlapping (higher score, then longer span, wins)."""
+        if not text:
+            return []
+        found: list[Finding] = []
+        for hint, find in self._finders:
+            if hint in text:
+                found.extend(find(text))
+        if self._ner is not None:
+            size = len(text)
+            found.extend(
+                Finding(entity_type, start, end, text[start:end], score)
+                for entity_type, start, end, score in self._ner(text)
+                if 0 <= start < end <= size
+            )
+        if self._keep is not None:
+            found = [f for f in found if f.entity_type in self._keep]
+        if len(found) < 2:
+            return found
+        return _resolve_overlaps(found)
+
+    def __repr__(self) -> str:
+        return f"PIIDetector(entities={sorted(self._entities)!r})"

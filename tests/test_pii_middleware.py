@@ -1,0 +1,139 @@
+"""PII masking in the request pipeline, on every adapter, over real sockets: what the app,
+the provider and the logs see."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+import structlog
+
+from apps import make_config
+from fault_server import FaultServer, reply
+from servers import Serve
+
+EMAIL = "jane.doe@example.com"
+PHONE = "+1 415 555 0132"
+CARD = "4111 1111 1111 1111"
+
+
+def _sent_to_provider(fault_server: FaultServer) -> str:
+    return "\n".join(r.body.decode("utf-8", "replace") for r in fault_server.requests)
+
+
+def test_json_body_masked_for_app_and_provider_restored_in_intent(
+    serve: Serve, fault_server: FaultServer
+) -> None:
+    # The model answers with the placeholder it was shown; the view gets the real value back.
+    fault_server.script(reply({"category": "<EMAIL_ADDRESS_1>", "color": "red"}))
+    body = {"subject": "refund", "message": f"mail me at {EMAIL} or call {PHONE}",
+            "card_number": "1234", "nested": [{"note": f"card {CARD}"}]}  # fmt: skip
+    raw = json.dumps(body).encode()
+    with serve() as base:
+        response = httpx.post(base + "/pii-echo", content=raw,
+                              headers={"content-type": "application/json"})  # fmt: skip
+    data = response.json()
+    assert data["outcomes"] == {"pii_masking": "ok", "intent": "ok"}
+    seen = json.loads(data["body"])
+    assert seen["message"] == "mail me at <EMAIL_ADDRESS_1> or call <PHONE_NUMBER_1>"
+    assert seen["subject"] == "refund"
+    assert seen["card_number"] == "<CREDIT_CARD_1>"  # field-name rule: masked whole
+    assert seen["nested"][0]["note"] == "card <CREDIT_CARD_2>"
+    assert int(data["content_length"]) == data["body_len"]
+    assert data["pii"] == {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1, "CREDIT_CARD": 2}
+    assert data["intent"]["category"] == EMAIL
+    sent = _sent_to_provider(fault_server)
+    assert "<EMAIL_ADDRESS_1>" in sent
+    for value in (EMAIL, PHONE, CARD, "jane.doe"):
+        assert value not in sent
+
+
+def test_form_body_masks_only_the_address(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.default = reply({"category": "shoes"})
+    raw = b"name=Jane+Doe&contact=a%40b.co&message=red+shoes+for+a%40b.co"
+    with serve() as base:
+        form_type = {"content-type": "application/x-www-form-urlencoded"}
+        response = httpx.post(base + "/pii-form-echo", content=raw, headers=form_type)
+    data = response.json()
+    form = dict(parse_qsl(data["body"]))
+    assert form == {"name": "Jane Doe", "contact": "<EMAIL_ADDRESS_1>",
+                    "message": "red shoes for <EMAIL_ADDRESS_1>"}  # fmt: skip
+    assert data["body"].startswith("name=Jane+Doe&")  # untouched fields keep their bytes
+    assert int(data["content_length"]) == data["body_len"]
+    if "post" in data:  # Flask's request.form, Django's request.POST see the masked data
+        assert data["post"] == form
+    assert "a@b.co" not in _sent_to_provider(fault_server)
+
+
+def test_query_string_is_masked(serve: Serve, fault_server: FaultServer) -> None:
+    with serve() as base:
+        data = httpx.get(base + "/pii-echo", params={"email": EMAIL, "page": "2"}).json()
+    assert data["query"] == {"email": "<EMAIL_ADDRESS_1>", "page": "2"}
+    assert data["outcomes"]["pii_masking"] == "ok"
+
+
+def test_no_masking_no_llm_call(serve: Serve, fault_server: FaultServer) -> None:
+    # A body that cannot be masked (over the cap) reaches the app as it came, and nothing on
+    # that rule may then go to a provider.
+    raw = json.dumps({"message": f"{EMAIL} " + "x" * 5000}).encode()
+    with serve(max_body_bytes=1000) as base:
+        data = httpx.post(base + "/pii-echo", content=raw,
+                          headers={"content-type": "application/json"}).json()  # fmt: skip
+    assert data["body_sha256"] == __import__("hashlib").sha256(raw).hexdigest()
+    assert data["outcomes"] == {"pii_masking": "skipped", "intent": "skipped"}
+    assert data["reasons"] == {"pii_masking": "body_too_large", "intent": "pii_masking_failed"}
+    assert fault_server.requests == []
+
+
+def test_non_utf8_body_on_a_masking_rule_passes_through(
+    serve: Serve, fault_server: FaultServer
+) -> None:
+    raw = b"\xff\xfe caf\xe9 " + EMAIL.encode()
+    with serve() as base:
+        data = httpx.post(base + "/pii-echo", content=raw,
+                          headers={"content-type": "text/plain"}).json()  # fmt: skip
+    assert data["body_sha256"] == __import__("hashlib").sha256(raw).hexdigest()
+    assert data["reasons"]["pii_masking"] == "undecodable"
+    assert fault_server.requests == []
+
+
+@pytest.fixture
+def scrubbed_logs() -> Any:
+    from llm_middleware.observability import scrub_pii
+
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[scrub_pii, capture])
+    yield capture.entries
+    structlog.reset_defaults()
+
+
+def test_log_scrubber_hides_masked_values_in_app_logs(
+    fault_server: FaultServer, scrubbed_logs: list[dict[str, Any]]
+) -> None:
+    from llm_middleware.wsgi import LLMWSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # The app logs a header it got the same address in: the scrubber still hides it.
+        structlog.get_logger().info("ticket", contact=environ.get("HTTP_X_CONTACT"),
+                                    nested={"who": [environ.get("HTTP_X_CONTACT")]})  # fmt: skip
+        start_response("200 OK", [])
+        return [b""]
+
+    wsgi = LLMWSGIMiddleware(app, make_config(fault_server.url))
+    raw = json.dumps({"message": f"hi {EMAIL}"}).encode()
+    import io
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/pii-echo", "QUERY_STRING": "",
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(raw)),
+               "HTTP_X_CONTACT": f"Jane <{EMAIL}>", "wsgi.input": io.BytesIO(raw)}  # fmt: skip
+    wsgi(environ, lambda *a: None)
+    structlog.get_logger().info("after the request", contact=EMAIL)  # not scrubbed any more
+    wsgi.engine.close()
+    app_events = [e for e in scrubbed_logs if e["event"] == "ticket"]
+    assert app_events[0]["contact"] == "Jane <[REDACTED]>"
+    assert app_events[0]["nested"] == {"who": ["Jane <[REDACTED]>"]}
+    assert EMAIL not in repr([e for e in scrubbed_logs if e["event"] != "after the request"])
+    assert scrubbed_logs[-1]["contact"] == EMAIL
