@@ -14,7 +14,7 @@ from typing import Any
 
 RULE_PATHS = [
     "/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo", "/pii-echo",
-    "/pii-form-echo",
+    "/pii-form-echo", "/rewrite-search", "/rewrite-json",
 ]  # fmt: skip
 
 
@@ -52,6 +52,33 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                 "interceptors": [
                     {"type": "pii_masking"},
                     {"type": "intent", "schema": schema, "source": "json:/message"},
+                ],
+            },
+            {
+                "path": "/rewrite-search",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "intent",
+                        "schema": schema,
+                        "source": "query:q",
+                        "rewrite": {"max_price": "query:max_price", "category": "query:category"},
+                    },
+                ],
+            },
+            {
+                "path": "/rewrite-json",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "intent",
+                        "schema": schema,
+                        "source": "json:/q",
+                        "rewrite": {
+                            "max_price": "json:/filters/max_price",
+                            "color": "json:/filters/color",
+                        },
+                    },
                 ],
             },
             {

@@ -78,6 +78,12 @@ def test_toml_file(tmp_path: Path) -> None:
          "rules[1].interceptors[0].source"),
         ({"path": "/a", "interceptors": [{"type": "translate"}]}, "rules[1].interceptors[0]"),
         ({"path": "/a", "sample": 2}, "rules[1].sample"),
+        ({"path": "/a", "interceptors": [{"type": "intent", "schema": "schemas.SearchIntent",
+                                          "rewrite": {"price": "query:p"}}]},
+         "SearchIntent has no field 'price'"),
+        ({"path": "/a", "interceptors": [{"type": "intent", "schema": "schemas.SearchIntent",
+                                          "rewrite": {"color": "header:x"}}]},
+         "use query:NAME or json:/pointer"),
         ({"path": "/a", "typo_key": 1}, "rules[1].typo_key"),
     ],
 )  # fmt: skip

@@ -143,7 +143,9 @@ class IntentExtraction(_Model):
     schema_: SchemaClass = Field(alias="schema")
     source: str = "query:q"
     prompt: Prompt | None = None
-    # Issue #5 (request rewriting) builds on these two fields.
+    # Intent field -> "query:NAME" or "json:/pointer": written into the request itself so an
+    # unchanged view that filters by those parameters benefits. A value the client sent is
+    # kept unless rewrite_overwrite.
     rewrite: dict[str, str] = Field(default_factory=dict)
     rewrite_overwrite: bool = False
 
@@ -151,6 +153,20 @@ class IntentExtraction(_Model):
     @classmethod
     def _check_source(cls, value: str) -> str:
         return _check_location(value)
+
+    @model_validator(mode="after")
+    def _check_rewrite(self) -> IntentExtraction:
+        fields = self.schema_.model_fields
+        for name, target in self.rewrite.items():
+            if name not in fields:
+                raise ValueError(f"rewrite: {self.schema_.__name__} has no field {name!r}")
+            if not (target.startswith("query:") and len(target) > 6) and not target.startswith(
+                "json:/"
+            ):
+                raise ValueError(
+                    f"rewrite target {target!r} for {name!r}: use query:NAME or json:/pointer"
+                )
+        return self
 
 
 class PIIMasking(_Model):

@@ -183,7 +183,7 @@ class Engine:
                 log_internal_error(icpt.name, exc)
                 result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
             else:
-                result.record(icpt.name, outcome)
+                result.outcomes[icpt.name] = outcome  # keeps a note the interceptor left
                 continue
             # Passthrough: undo whatever the failed interceptor changed.
             exchange.new_body, exchange.new_query_string = body, query

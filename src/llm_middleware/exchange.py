@@ -166,6 +166,24 @@ def json_pointer_get(document: Any, pointer: str) -> Any:
     return current
 
 
+def json_pointer_set(document: Any, pointer: str, value: Any, *, overwrite: bool) -> bool:
+    """Set ``value`` at an RFC 6901 pointer, creating missing objects on the way. Returns
+    whether the document changed; raises ``SourceError`` when the path crosses a non-object."""
+    tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+    current = document
+    for token in tokens[:-1]:
+        if not isinstance(current, dict):
+            raise SourceError("target_not_object", pointer)
+        current = current.setdefault(token, {})
+    if not isinstance(current, dict):
+        raise SourceError("target_not_object", pointer)
+    last = tokens[-1]
+    if last in current and not overwrite:
+        return False
+    current[last] = value
+    return True
+
+
 def read_source(exchange: RequestExchange, source: str) -> str:
     """The text an interceptor reads: ``query:``, ``form:``, ``json:``, ``header:`` or ``body``."""
     kind, _, name = source.partition(":")

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from pydantic import BaseModel
+
 from ..config import IntentExtraction
-from ..exchange import SourceError, read_source
+from ..exchange import RequestExchange, SourceError, json_pointer_set, read_source
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
 
@@ -33,4 +40,55 @@ class IntentInterceptor:
         ctx.result.intents[self.name] = obj
         if ctx.result.intent is None:
             ctx.result.intent = obj
+        if self.config.rewrite:
+            try:
+                rewrite_request(
+                    ctx.exchange, obj, self.config.rewrite, self.config.rewrite_overwrite
+                )
+            except SourceError as exc:  # the intent stands; the request is left as it came
+                ctx.result.reasons[self.name] = f"rewrite_skipped:{exc.reason}"
         return "cached" if cached else "ok"
+
+
+def rewrite_request(
+    exchange: RequestExchange, intent: BaseModel, targets: dict[str, str], overwrite: bool
+) -> None:
+    """Write intent fields into the query string / JSON body; values the client set are kept
+    unless ``overwrite``. Fields the model left empty are not written."""
+    values = intent.model_dump(mode="json")
+    query_updates: dict[str, str] = {}
+    json_updates: dict[str, Any] = {}
+    for field, target in targets.items():
+        value = values.get(field)
+        if value is None or value == "":
+            continue
+        kind, _, where = target.partition(":")
+        if kind == "query":
+            query_updates[where] = _as_param(value)
+        else:
+            json_updates[where] = value
+    if query_updates:
+        pairs = parse_qsl(exchange.current_query_string, keep_blank_values=True)
+        present = {k for k, _ in pairs}
+        if overwrite:
+            pairs = [(k, v) for k, v in pairs if k not in query_updates]
+        added = [(k, v) for k, v in query_updates.items() if overwrite or k not in present]
+        if added:
+            exchange.new_query_string = urlencode(pairs + added)
+    if json_updates:
+        document = copy.deepcopy(exchange.body_json())
+        changed = False
+        for pointer, value in json_updates.items():
+            changed |= json_pointer_set(document, pointer, value, overwrite=overwrite)
+        if changed:
+            exchange.new_body = json.dumps(document, ensure_ascii=False).encode()
+
+
+def _as_param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 100.0 -> "100": legacy int() parsing keeps working
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
