@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+ARTICLE_PATHS = ["/article", "/article-header", "/article-both", "/article-bare"]  # no rule: bare
 RULE_PATHS = [
     "/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo", "/pii-echo",
     "/pii-form-echo", "/rewrite-search", "/rewrite-json",
@@ -52,6 +53,39 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                 "interceptors": [
                     {"type": "pii_masking"},
                     {"type": "intent", "schema": schema, "source": "json:/message"},
+                ],
+            },
+            {
+                "path": "/article",
+                "methods": ["GET", "HEAD"],
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "enrichment",
+                        "schema": "schemas.Summary",
+                        "source": "json:/body",
+                        "into": "json:/summary",
+                    },
+                ],
+            },
+            {
+                "path": "/article-both",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {"type": "intent", "schema": schema, "source": "query:q"},
+                    {"type": "enrichment", "schema": "schemas.Summary", "source": "json:/body"},
+                ],
+            },
+            {
+                "path": "/article-header",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "enrichment",
+                        "schema": "schemas.Summary",
+                        "source": "json:/body",
+                        "into": "header:x-llm-summary",
+                    },
                 ],
             },
             {
@@ -166,6 +200,8 @@ def build_starlette(config: Any) -> Any:
     routes = [Route(p, echo, methods=["GET", "POST", "PUT"]) for p in RULE_PATHS]
     routes.append(Route("/plain", plain))
     routes.append(Route("/wait-disconnect", wait_disconnect, methods=["POST"]))
+    for path in ARTICLE_PATHS:
+        routes.append(Route(path, ArticleASGI(), methods=["GET", "HEAD"]))
     app = Starlette(routes=routes)
     app.add_middleware(LLMMiddleware, config=config)
     return app
@@ -186,6 +222,8 @@ def build_wsgi(config: Any) -> Any:
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if path in ARTICLE_PATHS:
+            return article_wsgi(environ, start_response)  # type: ignore[no-any-return]
         if path == "/plain":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"plain"]
@@ -231,6 +269,17 @@ def build_flask(config: Any) -> Any:
 
     for path in RULE_PATHS:
         app.add_url_rule(path, path, echo, methods=["GET", "POST", "PUT"])
+
+    def flask_article() -> Any:
+        status, headers, chunks = article(flask.request.args.get("kind", "json"))
+        body: Any = iter(chunks) if len(chunks) > 1 else chunks[0]
+        response = flask.Response(body, status=status, headers=headers)
+        if len(chunks) > 1 or status == 204:
+            response.headers.pop("Content-Length", None)
+        return response
+
+    for path in ARTICLE_PATHS:
+        app.add_url_rule(path, path, flask_article, methods=["GET", "HEAD"])
     LLMMiddleware(app)
     return app
 
@@ -273,6 +322,32 @@ def _django_echo(request: Any) -> Any:
     )
 
 
+def _django_article(request: Any) -> Any:
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    status, headers, chunks = article(request.GET.get("kind", "json"))
+    from django.core.handlers.asgi import ASGIRequest
+
+    response: Any
+    if len(chunks) > 1:
+        if isinstance(request, ASGIRequest):  # Django wants async iterators under ASGI
+
+            async def stream() -> Any:
+                for chunk in chunks:
+                    yield chunk
+
+            response = StreamingHttpResponse(stream(), status=status)
+        else:
+            response = StreamingHttpResponse(iter(chunks), status=status)
+    else:
+        response = HttpResponse(chunks[0], status=status)
+    for key, value in headers:
+        response[key] = value
+    if "Content-Type" not in dict(headers):
+        del response["Content-Type"]
+    return response
+
+
 def _django_plain(request: Any) -> Any:
     from django.http import HttpResponse
 
@@ -286,6 +361,7 @@ def __getattr__(name: str) -> Any:
         from django.views.decorators.csrf import csrf_exempt
 
         patterns = [path(p.lstrip("/"), csrf_exempt(_django_echo)) for p in RULE_PATHS]
+        patterns += [path(p.lstrip("/"), _django_article) for p in ARTICLE_PATHS]
         patterns.append(path("plain", _django_plain))
         return patterns
     raise AttributeError(name)
@@ -334,3 +410,70 @@ def subprocess_wsgi() -> Any:
 
 def subprocess_django_asgi() -> Any:
     return build_django(json.loads(os.environ["LLM_TEST_CONFIG"]), asgi=True)
+
+
+# -- responses for the enrichment tests: the same bytes from every adapter -----------------------
+
+ARTICLE_BODY = "Llamas are domesticated South American camelids. " * 8
+ARTICLE_KINDS = ["json", "stream", "sse", "gzip", "status204", "status500", "text", "big",
+                 "etag", "problem"]  # fmt: skip
+
+
+def article(kind: str) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+    """(status, headers, body chunks) for ``/article?kind=...``; several chunks = streamed
+    (no Content-Length)."""
+    import gzip
+
+    doc = json.dumps({"id": 7, "title": "Llamas", "body": ARTICLE_BODY}).encode()
+    json_headers = [("Content-Type", "application/json"), ("X-App", "kept")]
+    if kind == "stream":
+        return 200, json_headers, [doc[:40], doc[40:]]
+    if kind == "sse":
+        return 200, [("Content-Type", "text/event-stream")], [b"data: one\n\n", b"data: two\n\n"]
+    if kind == "gzip":
+        packed = gzip.compress(doc, mtime=0)
+        return 200, [*json_headers, ("Content-Encoding", "gzip"),
+                     ("Content-Length", str(len(packed)))], [packed]  # fmt: skip
+    if kind == "status204":
+        return 204, [("X-App", "kept")], [b""]
+    if kind == "status500":
+        body = b'{"error": "boom", "body": "Llamas"}'
+        return 500, [*json_headers, ("Content-Length", str(len(body)))], [body]
+    if kind == "text":
+        body = ARTICLE_BODY.encode()
+        return 200, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))], [body]
+    if kind == "big":
+        big = json.dumps({"id": 8, "body": "x" * 2_000_000}).encode()
+        return 200, [*json_headers, ("Content-Length", str(len(big)))], [big]
+    if kind == "etag":
+        return 200, [*json_headers, ("ETag", '"v1"'), ("Content-Length", str(len(doc)))], [doc]
+    if kind == "problem":
+        return 200, [("Content-Type", "application/problem+json"),
+                     ("Content-Length", str(len(doc)))], [doc]  # fmt: skip
+    return 200, [*json_headers, ("Content-Length", str(len(doc)))], [doc]
+
+
+class ArticleASGI:
+    """A raw ASGI endpoint (an instance, so Starlette's Route treats it as an ASGI app)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from urllib.parse import parse_qs
+
+        kind = parse_qs(scope["query_string"].decode()).get("kind", ["json"])[0]
+        status, headers, chunks = article(kind)
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        for i, chunk in enumerate(chunks):
+            more = i < len(chunks) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+
+def article_wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+    from urllib.parse import parse_qs
+
+    kind = parse_qs(environ.get("QUERY_STRING", "")).get("kind", ["json"])[0]
+    status, headers, chunks = article(kind)
+    start_response(f"{status} X", headers)
+    if len(chunks) > 1:
+        return iter(chunks)  # a generator-like iterable: streamed
+    return chunks

@@ -11,3 +11,10 @@ class SearchIntent(BaseModel):
     category: str | None = Field(default=None, description="product category, e.g. shoes")
     color: str | None = Field(default=None, description="colour the user asked for")
     max_price: float | None = Field(default=None, description="highest price, a number")
+
+
+class Summary(BaseModel):
+    """A short summary of an article."""
+
+    summary: str = Field(description="one sentence")
+    tags: list[str] = Field(default_factory=list, description="up to three topic tags")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import socket
 import subprocess
@@ -142,4 +143,6 @@ def gunicorn_subprocess(
             "--graceful-timeout", "2"]  # fmt: skip
     if preload:
         argv.append("--preload")
+    if int(importlib.metadata.version("gunicorn").split(".")[0]) >= 27:
+        argv.append("--no-control-socket")  # one shared ~/.gunicorn socket otherwise
     return serve_subprocess(argv, env, fd_flag="--bind=fd://{fd}")

@@ -253,3 +253,20 @@ async def test_anthropic_messages_wire(anthropic_fault_server: FaultServer) -> N
     assert sent.json["tool_choice"] == {"type": "tool", "name": "output"}
     assert sent.json["tools"][0]["input_schema"]["title"] == "SearchIntent"
     assert all(m["role"] != "system" for m in sent.json["messages"])
+
+
+async def test_breaker_opens_for_a_provider_that_hangs(fault_server: FaultServer) -> None:
+    fault_server.default = hang_before_headers()
+    client = LLMClient(config(fault_server.url, breaker_failures=2, breaker_reset_s=60))
+    try:
+        for i in range(2):
+            with pytest.raises(LLMTimeout):
+                await call(client, text=f"q{i}", budget=0.1)
+        await wait_idle(client)  # the abandoned calls end (and count) just after their callers
+        started = time.monotonic()
+        with pytest.raises(CircuitOpen):
+            await call(client, text="fails fast now", budget=0.1)
+        assert time.monotonic() - started < 0.02
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) == 2

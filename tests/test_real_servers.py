@@ -23,8 +23,9 @@ GOOD = {"category": "shoes", "color": "red", "max_price": 100}
 
 
 def _env(fault_server: FaultServer, **extra: str) -> dict[str, str]:
-    return {"LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS)),
-            **extra}  # fmt: skip
+    # The breaker would open after a few hangs (as it should): keep every request waiting.
+    config = make_config(fault_server.url, budget_ms=BUDGET_MS, breaker_failures=10_000)
+    return {"LLM_TEST_CONFIG": json.dumps(config), **extra}
 
 
 def _post(client: httpx.Client, path: str, i: int) -> tuple[float, dict[str, object]]:

@@ -40,7 +40,9 @@ def _settle(predicate: Any, timeout: float = 2.0) -> bool:
 
 def test_no_leaks_after_a_burst_against_a_hanging_provider(fault_server: FaultServer) -> None:
     fault_server.default = hang_after_headers()
-    app = build_wsgi(make_config(fault_server.url, budget_ms=100, max_in_flight=8))
+    app = build_wsgi(
+        make_config(fault_server.url, budget_ms=100, max_in_flight=8, breaker_failures=10_000)
+    )
     with serve_wsgi_thread(app) as base:
         httpx.post(base + "/json-echo", json={"q": "warm-up"})  # starts the one loop thread
         threads_before = threading.active_count()

@@ -29,7 +29,11 @@ HERD_SLACK_MS = 60
 
 def test_budget_holds_with_a_hanging_provider_under_concurrency(fault_server: FaultServer) -> None:
     fault_server.default = hang_before_headers()
-    env = {"LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS))}
+    env = {
+        "LLM_TEST_CONFIG": json.dumps(
+            make_config(fault_server.url, budget_ms=BUDGET_MS, breaker_failures=10_000)
+        )
+    }
     with (
         uvicorn_subprocess("apps:subprocess_starlette", env) as base,
         httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=20)) as client,
@@ -66,7 +70,9 @@ def test_app_still_receives_disconnect_after_replay(
     fault_server.default = hang_after_headers()
     marker = tmp_path / "disconnected.json"
     env = {
-        "LLM_TEST_CONFIG": json.dumps(make_config(fault_server.url, budget_ms=BUDGET_MS)),
+        "LLM_TEST_CONFIG": json.dumps(
+            make_config(fault_server.url, budget_ms=BUDGET_MS, breaker_failures=10_000)
+        ),
         "LLM_TEST_MARKER": str(marker),
     }
     body = b'{"q": "red shoes"}'

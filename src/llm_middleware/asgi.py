@@ -7,7 +7,7 @@ from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange
+from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
 from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
 
 Scope = MutableMapping[str, Any]
@@ -23,21 +23,25 @@ _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 class LLMMiddleware:
     """``LLMMiddleware(app, config=None, **config_kwargs)``; views read ``request.state.llm``."""
 
-    def __init__(self, app: ASGIApp, config: Any = None, **config_kwargs: Any) -> None:
+    def __init__(self, app: ASGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
+        self._match = self.engine.router.match
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                return await self.app(scope, receive, self._lifespan_send(send))
-            return await self.app(scope, receive, send)
-        if SCOPE_MARK in scope:  # wrapped twice: the outer instance already handled it
-            return await self.app(scope, receive, send)
-        rule = self.engine.match(scope["method"], _route_path(scope))
-        if rule is None:
-            return await self.app(scope, receive, send)
-        await _Responder(self.app, self.engine, rule).run(scope, receive, send)
+        # The unmatched path is the hot one: one lookup, no allocation, no extra call.
+        if scope["type"] == "http" and SCOPE_MARK not in scope:  # (marked: wrapped twice)
+            path: str = scope["path"]
+            root_path: str | None = scope.get("root_path")
+            if root_path and path.startswith(root_path):
+                path = path[len(root_path) :] or "/"
+            rule = self._match(scope["method"], path)
+            if rule is None:
+                return await self.app(scope, receive, send)
+            return await _Responder(self.app, self.engine, rule).run(scope, receive, send)
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, self._lifespan_send(send))
+        return await self.app(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -85,6 +89,8 @@ class _Responder:
             await self.app(scope, self._replay(receive), send)
         finally:
             reset_request_pii(token)
+            if isinstance(send, _ResponseSide):
+                send.finish("no_response")
 
     async def _before(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Send]:
         deadline = Deadline(self.rule.budget_s)
@@ -117,6 +123,8 @@ class _Responder:
             ] + [(b"content-length", str(len(body)).encode("latin-1"))]
         if self.engine.config.server_timing:
             send = _with_server_timing(send, result)
+        if self.rule.needs_response and result.context is not None:
+            send = _ResponseSide(self.engine, self.rule, result, exchange.method, send)
         return scope, send
 
     async def _read_body(self, exchange: RequestExchange, receive: Receive) -> None:
@@ -185,3 +193,94 @@ def _with_server_timing(send: Send, result: Any) -> Send:
         await send(message)
 
     return wrapped
+
+
+class _ResponseSide:
+    """Wraps ``send``: holds ``http.response.start`` until the body is known, as Starlette's
+    GZipMiddleware does; only a complete single-message body of an eligible response is
+    handed to the response interceptors. Anything else passes byte for byte."""
+
+    __slots__ = ("engine", "rule", "result", "method", "send", "start", "state", "headers")
+
+    def __init__(
+        self, engine: Engine, rule: CompiledRule, result: Any, method: str, send: Send
+    ) -> None:
+        self.engine = engine
+        self.rule = rule
+        self.result = result
+        self.method = method
+        self.send = send
+        self.start: Message | None = None
+        self.headers: Headers | None = None
+        self.state = "waiting"  # -> "buffering" -> "done" | "passthrough"
+
+    def finish(self, reason: str | None) -> None:
+        if self.state in ("waiting", "buffering"):
+            self.state = "done"
+        self.engine.finish_response(self.rule, self.result, self.method, reason)
+
+    async def __call__(self, message: Message) -> None:
+        if self.state in ("passthrough", "done"):
+            return await self.send(message)
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = Headers.from_asgi(message.get("headers", []))
+            declared = headers.get("content-length")
+            reason = self.engine.response_skip_reason(
+                self.rule, self.result, self.method, message["status"], headers,
+                int(declared) if declared and declared.isdigit() else None,
+            )  # fmt: skip
+            if reason is not None:
+                await self._passthrough(reason, message)
+                return
+            # Don't send the start message until we know whether the body changes.
+            self.start, self.headers, self.state = message, headers, "buffering"
+            return
+        if kind != "http.response.body" or self.start is None or self.headers is None:
+            return await self.send(message)
+        start, body = self.start, message.get("body", b"")
+        if message.get("more_body", False):
+            await self._passthrough("streaming_response", start, message)
+            return
+        if len(body) > self.rule.max_response_bytes:
+            await self._passthrough("response_too_large", start, message)
+            return
+        try:
+            start, body = await self._enrich(start, self.headers, body)
+        except Exception as exc:  # ours: the app's response goes out as it was
+            log_internal_error("asgi.response", exc)
+            start, body = self.start, message.get("body", b"")
+        self.state = "done"
+        self.finish(None)
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _passthrough(self, reason: str, *messages: Message) -> None:
+        self.state = "passthrough"
+        self.finish(reason)
+        for message in messages:
+            await self.send(message)
+
+    async def _enrich(self, start: Message, headers: Headers, body: bytes) -> tuple[Message, bytes]:
+        response = ResponseExchange(start["status"], headers, body)
+        await self.engine.process_response(self.rule, self.result, response)
+        if response.new_body is None and not response.set_headers:
+            return start, body
+        new_body = response.new_body if response.new_body is not None else body
+        raw = list(start.get("headers", []))
+        changed = {k.lower().encode("latin-1") for k in response.set_headers}
+        if response.new_body is not None:
+            changed.add(b"content-length")
+        out: list[tuple[bytes, bytes]] = []
+        for key, value in raw:
+            lower = key.lower()
+            if lower in changed:
+                continue
+            if lower == b"etag" and response.new_body is not None:
+                value = weak_etag(value.decode("latin-1")).encode("latin-1")
+            out.append((key, value))
+        for key, value in response.set_headers.items():
+            out.append((key.lower().encode("latin-1"), value.encode("latin-1", "replace")))
+        if response.new_body is not None or any(k == b"content-length" for k, _ in raw):
+            out.append((b"content-length", str(len(new_body)).encode("latin-1")))
+        return {**start, "headers": out}, new_body

@@ -185,11 +185,25 @@ class ResponseEnrichment(_Model):
     source: str = "json:"
     into: str = "json:/llm"
     prompt: Prompt | None = None
+    on_error_status: bool = False  # also enrich 4xx/5xx JSON responses
+    # Opt-in: when the budget runs out, the LLM call may go on in the background for this many
+    # seconds (holding an in-flight slot), and its cached result enriches the next identical
+    # response at once. 0 = off.
+    stale_while_revalidate_s: float = Field(default=0.0, ge=0.0, le=300.0)
 
-    @field_validator("source", "into")
+    @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
+        if not value.startswith("json:"):
+            raise ValueError(f"{value!r}: enrichment reads the JSON response: use json:/pointer")
         return _check_location(value)
+
+    @field_validator("into")
+    @classmethod
+    def _check_into(cls, value: str) -> str:
+        if not (value.startswith("json:/") or (value.startswith("header:") and len(value) > 7)):
+            raise ValueError(f"{value!r}: write into json:/pointer or header:NAME")
+        return value
 
 
 InterceptorConfig = Annotated[
@@ -243,7 +257,7 @@ class Config(_Model):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_response_bytes: int = Field(default=1_048_576, gt=0)
     max_llm_response_bytes: int = Field(default=1_048_576, gt=0)
-    max_in_flight: int = Field(default=64, gt=0)
+    max_in_flight: int = Field(default=128, gt=0)
     cache_ttl_s: float = Field(default=300.0, ge=0)
     cache_size: int = Field(default=2048, ge=0)
     breaker_failures: int = Field(default=5, gt=0)

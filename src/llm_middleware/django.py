@@ -15,7 +15,7 @@ from typing import Any
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings
-    from django.core.exceptions import RequestDataTooBig
+    from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
     from django.core.handlers.wsgi import LimitedStream
     from django.http import HttpRequest, HttpResponseBase, QueryDict
     from django.http.request import RawPostDataException
@@ -24,11 +24,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "llm_middleware.django needs Django: pip install 'llm-middleware[django]'"
     ) from exc
 
+from .config import ConfigError
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange
+from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
 from .observability import log_internal_error, reset_request_pii, set_request_pii
-from .sync import process_request_sync
+from .sync import process_request_sync, process_response_sync
 
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -59,6 +60,10 @@ class LLMMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        try:
+            engine_from_settings.get()  # a broken LLM_MIDDLEWARE stops start-up, with its message
+        except ConfigError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -77,9 +82,18 @@ class LLMMiddleware:
             log_internal_error("django", exc)
         token = set_request_pii(_pii_values(request))
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
         finally:
             reset_request_pii(token)
+        side = _response_side(engine, rule, request, response)
+        if side is not None:
+            try:
+                side = process_response_sync(engine, rule, request.llm, side)
+                _apply_response(response, side)
+            except Exception as exc:
+                log_internal_error("django.response", exc)
+            engine.finish_response(rule, request.llm, request.method or "GET", None)
+        return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         prepared = self._prepare(request)
@@ -93,10 +107,19 @@ class LLMMiddleware:
             log_internal_error("django", exc)
         token = set_request_pii(_pii_values(request))
         try:
-            response: Awaitable[HttpResponseBase] = self.get_response(request)
-            return await response
+            pending: Awaitable[HttpResponseBase] = self.get_response(request)
+            response = await pending
         finally:
             reset_request_pii(token)
+        side = _response_side(engine, rule, request, response)
+        if side is not None:
+            try:
+                await engine.process_response(rule, request.llm, side)
+                _apply_response(response, side)
+            except Exception as exc:
+                log_internal_error("django.response", exc)
+            engine.finish_response(rule, request.llm, request.method or "GET", None)
+        return response
 
     def _prepare(
         self, request: HttpRequest
@@ -151,6 +174,43 @@ def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> Non
         exchange.body_skip_reason = "body_already_read"
     except RequestDataTooBig:
         exchange.body_skip_reason = "body_too_large"
+
+
+def _response_side(
+    engine: Engine, rule: CompiledRule, request: HttpRequest, response: HttpResponseBase
+) -> ResponseExchange | None:
+    """The response as the response interceptors see it, or None (and the reason recorded)."""
+    result = getattr(request, "llm", None)
+    if result is None or result.context is None:
+        return None
+    method = request.method or "GET"
+    try:
+        headers = Headers((k, v) for k, v in response.items())
+        if response.streaming:
+            reason: str | None = "streaming_response"
+        else:
+            reason = engine.response_skip_reason(
+                rule, result, method, response.status_code, headers, len(response.content)
+            )
+    except Exception as exc:
+        log_internal_error("django.response", exc)
+        reason = "internal_error"
+    if reason is not None:
+        engine.finish_response(rule, result, method, reason)
+        return None
+    return ResponseExchange(response.status_code, headers, response.content)
+
+
+def _apply_response(response: HttpResponseBase, side: ResponseExchange) -> None:
+    if side.new_body is not None:
+        response.content = side.new_body
+        if response.has_header("Content-Length"):
+            response["Content-Length"] = str(len(side.new_body))
+        etag = response.get("ETag")
+        if etag:
+            response["ETag"] = weak_etag(etag)
+    for key, value in side.set_headers.items():
+        response[key] = value
 
 
 def _pii_values(request: HttpRequest) -> frozenset[str]:

@@ -9,7 +9,6 @@ from typing import Any
 
 from .config import (
     Config,
-    ConfigError,
     IntentExtraction,
     PIIMasking,
     ResponseEnrichment,
@@ -17,8 +16,9 @@ from .config import (
     load_config,
 )
 from .deadline import Deadline
-from .exchange import Headers, RequestExchange, SourceError
+from .exchange import Headers, RequestExchange, ResponseExchange, SourceError
 from .interceptors.base import Interceptor, RequestContext
+from .interceptors.enrichment import EnrichmentInterceptor
 from .interceptors.intent import IntentInterceptor
 from .interceptors.pii import PIIInterceptor
 from .llm import CallStats, LLMClient, LLMError
@@ -34,7 +34,8 @@ MAX_BACKGROUND_TASKS = 256
 class CompiledRule:
     __slots__ = (
         "index", "config", "label", "interceptors", "needs_body", "budget_s", "max_body_bytes",
-        "mode", "sample_threshold",
+        "mode", "sample_threshold", "request_interceptors", "response_interceptors",
+        "needs_response", "max_response_bytes",
     )  # fmt: skip
 
     def __init__(self, index: int, rule: Rule, interceptors: Sequence[Interceptor], config: Config):
@@ -43,6 +44,13 @@ class CompiledRule:
         self.label = rule.path
         # Masking runs before anything that could send text to a provider.
         self.interceptors = sorted(interceptors, key=lambda i: not i.runs_first)
+        self.request_interceptors = [i for i in self.interceptors if i.handles_request]
+        # Response side: enrichment in declared order, masking last (it covers what was added).
+        self.response_interceptors = sorted(
+            (i for i in interceptors if i.handles_response), key=lambda i: i.runs_first
+        )
+        self.needs_response = bool(self.response_interceptors) and rule.mode == "enforce"
+        self.max_response_bytes = config.max_response_bytes
         self.needs_body = any(i.needs_body for i in interceptors)
         self.budget_s = rule.budget_ms / 1000.0
         self.max_body_bytes = rule.max_body_bytes or config.max_body_bytes
@@ -62,11 +70,9 @@ def build_interceptor(cfg: Any, name: str) -> Interceptor:
     if isinstance(cfg, IntentExtraction):
         return IntentInterceptor(cfg, name)
     if isinstance(cfg, PIIMasking):
-        if "response" in cfg.targets:
-            raise ConfigError(f"{name}: response masking is not available in this version yet")
         return PIIInterceptor(cfg, name)
     if isinstance(cfg, ResponseEnrichment):
-        raise ConfigError(f"{name}: response enrichment is not available in this version yet")
+        return EnrichmentInterceptor(cfg, name)
     raise TypeError(f"unknown interceptor config {cfg!r}")
 
 
@@ -141,13 +147,115 @@ class Engine:
             for icpt in rule.interceptors:
                 result.outcomes.setdefault(icpt.name, "error")
         result.added_ms = deadline.elapsed_ms()
+        if rule.needs_response and result.context is not None:
+            return result  # logged once the response side is done (finish_response)
+        self._log(rule, exchange.method, result, stats)
+        return result
+
+    def _log(self, rule: CompiledRule, method: str, result: LLMResult, stats: CallStats) -> None:
         try:
-            log_request(
-                rule=rule.label, method=exchange.method, mode=rule.mode, result=result, stats=stats
-            )
+            log_request(rule=rule.label, method=method, mode=rule.mode, result=result, stats=stats)
         except Exception as exc:
             log_internal_error("log_request", exc)
-        return result
+
+    # -- response side ---------------------------------------------------------------------
+
+    def response_skip_reason(
+        self, rule: CompiledRule, result: LLMResult | None, method: str, status: int,
+        headers: Headers, declared_length: int | None,
+    ) -> str | None:  # fmt: skip
+        """``None`` when this response should be buffered for the response interceptors,
+        else why not. Cheap: headers only."""
+        if result is None or result.context is None:
+            return "no_request_context"
+        if method == "HEAD":
+            return "head_request"
+        if status < 200 or status in (204, 205, 304):
+            return f"status_{status}"
+        if status >= 400 and not any(i.on_error_status for i in rule.response_interceptors):
+            return f"status_{status}"
+        encoding = (headers.get("content-encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            return "content_encoding"
+        content_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if content_type == "text/event-stream":
+            return "streaming_response"
+        if not any(i.accepts(content_type) for i in rule.response_interceptors):
+            return "unsupported_content_type"
+        if declared_length is not None and declared_length > rule.max_response_bytes:
+            return "response_too_large"
+        return None
+
+    def finish_response(
+        self, rule: CompiledRule, result: LLMResult, method: str, skip_reason: str | None
+    ) -> None:
+        """Record why the response side did not run (if it did not) and log the request."""
+        ctx = result.context
+        if ctx is None:
+            return
+        if skip_reason is not None:
+            for icpt in rule.response_interceptors:
+                result.outcomes.setdefault(icpt.name, "skipped")
+                result.reasons.setdefault(icpt.name, skip_reason)
+        result.context = None
+        self._log(rule, method, result, ctx.stats)
+
+    async def process_response(
+        self, rule: CompiledRule, result: LLMResult, response: ResponseExchange
+    ) -> None:
+        """Run the response interceptors in what the request side left of the budget; never
+        raises (but for cancellation). The adapter applies ``response.new_body`` and
+        ``response.set_headers`` and then calls ``finish_response``."""
+        ctx: RequestContext | None = result.context
+        if ctx is None:
+            return
+        started = Deadline(0)
+        ctx.deadline = Deadline(max(0.0, rule.budget_s - result.added_ms / 1000.0))
+        try:
+            await self._run_response_interceptors(rule, ctx, response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_internal_error("engine.response", exc)
+            response.new_body = None
+            response.set_headers.clear()
+        result.added_ms += started.elapsed_ms()
+
+    async def _run_response_interceptors(
+        self, rule: CompiledRule, ctx: RequestContext, response: ResponseExchange
+    ) -> None:
+        result = ctx.result
+        for icpt in rule.response_interceptors:
+            if icpt.uses_llm and ctx.privacy_failed:
+                result.record(icpt.name, "skipped", "pii_masking_failed")
+                continue
+            remaining = ctx.deadline.remaining()
+            if remaining <= 0 and icpt.uses_llm:
+                result.record(icpt.name, "timeout", "budget_exhausted")
+                continue
+            body, headers = response.new_body, dict(response.set_headers)
+            try:
+                async with asyncio.timeout(remaining if icpt.uses_llm else None):
+                    outcome = await icpt.on_response(ctx, response)
+            except TimeoutError:
+                result.record(icpt.name, "timeout", "deadline")
+            except SourceError as exc:
+                result.record(icpt.name, "skipped", exc.reason)
+            except LLMError as exc:
+                result.record(icpt.name, exc.outcome, exc.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log_internal_error(icpt.name, exc)
+                result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
+            else:
+                result.outcomes[icpt.name] = outcome
+                continue
+            response.new_body, response.set_headers = body, headers
+            if not icpt.uses_llm:
+                # Masking failed: drop what we added too, so nothing unmasked of ours goes out;
+                # the app's own response goes out as the app made it.
+                response.new_body, response.set_headers = None, {}
 
     async def _run_interceptors(
         self,
@@ -158,7 +266,9 @@ class Engine:
         stats: CallStats,
     ) -> None:
         ctx = RequestContext(exchange, deadline, result, stats, self.llm)
-        for icpt in rule.interceptors:
+        if rule.needs_response:
+            result.context = ctx
+        for icpt in rule.request_interceptors:
             if icpt.uses_llm and ctx.privacy_failed:
                 # Masking failed on this rule: nothing may be sent to a provider.
                 result.record(icpt.name, "skipped", "pii_masking_failed")

@@ -7,7 +7,16 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-__all__ = ["Headers", "RequestExchange", "SourceError", "json_pointer_get", "read_source"]
+__all__ = [
+    "Headers",
+    "RequestExchange",
+    "ResponseExchange",
+    "SourceError",
+    "json_pointer_get",
+    "json_pointer_set",
+    "read_source",
+    "weak_etag",
+]
 
 
 class SourceError(Exception):
@@ -233,3 +242,51 @@ def _non_empty(value: str) -> str:
     if not value.strip():
         raise SourceError("source_missing", "empty value")
     return value
+
+
+class ResponseExchange:
+    """A complete, buffered response as response-side interceptors see it. They write
+    ``new_body`` and ``set_headers``; adapters apply them (and recompute Content-Length)."""
+
+    __slots__ = ("status", "headers", "body", "new_body", "set_headers", "_json")
+
+    def __init__(self, status: int, headers: Headers, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.new_body: bytes | None = None
+        self.set_headers: dict[str, str] = {}
+        self._json: tuple[bytes, Any] | None = None
+
+    @property
+    def content_type(self) -> str:
+        return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+    @property
+    def current_body(self) -> bytes:
+        return self.new_body if self.new_body is not None else self.body
+
+    def json(self) -> Any:
+        body = self.current_body
+        if self._json is not None and self._json[0] is body:
+            return self._json[1]
+        try:
+            value = json.loads(body)
+        except UnicodeDecodeError:
+            raise SourceError("undecodable", "response is not UTF-8") from None
+        except ValueError:
+            raise SourceError("body_not_json", "response") from None
+        self._json = (body, value)
+        return value
+
+    def text(self) -> str:
+        charset = charset_of(self.headers.get("content-type") or "")
+        try:
+            return self.current_body.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise SourceError("undecodable", f"response is not valid {charset}") from None
+
+
+def weak_etag(value: str) -> str:
+    """A changed body keeps its validator only as a weak one (RFC 9110 8.8.3)."""
+    return value if value.startswith("W/") else f"W/{value}"

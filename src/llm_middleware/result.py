@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
 
 OUTCOMES = frozenset(
     {"ok", "cached", "timeout", "error", "invalid", "circuit_open", "shed", "skipped", "shadow"}
@@ -29,6 +32,21 @@ class LLMResult:
     added_ms: float = 0.0
     # What was masked, for the log scrubber only: never shown, compared or logged.
     pii_values: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    # The engine's per-request state, kept for the response side.
+    context: Any = field(default=None, repr=False, compare=False)
+
+    def intent_as(self, schema: type[M]) -> M | None:
+        """The intent, typed: ``request.state.llm.intent_as(SearchIntent)``."""
+        for intent in self.intents.values():
+            if isinstance(intent, schema):
+                return intent
+        return None
+
+    def enrichment_as(self, schema: type[M]) -> M | None:
+        for value in self.enrichments.values():
+            if isinstance(value, schema):
+                return value
+        return None
 
     def record(self, name: str, outcome: str, reason: str | None = None) -> None:
         self.outcomes[name] = outcome

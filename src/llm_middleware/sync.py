@@ -5,7 +5,7 @@ from __future__ import annotations
 from .bridge import BACKGROUND
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import RequestExchange
+from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
 from .result import LLMResult
 
 # The engine ends its own waits at the deadline; this is the backstop if it does not.
@@ -30,3 +30,46 @@ def process_request_sync(
         result.added_ms = deadline.elapsed_ms()
         return result, None, None
     return result, exchange.new_body, exchange.new_query_string
+
+
+def process_response_sync(
+    engine: Engine, rule: CompiledRule, result: LLMResult, response: ResponseExchange
+) -> ResponseExchange:
+    """The response side for sync callers, bounded by what the request side left."""
+    remaining = max(0.0, rule.budget_s - result.added_ms / 1000.0)
+    try:
+        BACKGROUND.run(engine.process_response(rule, result, response), remaining + _BACKSTOP_S)
+    except TimeoutError:
+        for icpt in rule.response_interceptors:
+            result.record(icpt.name, "timeout", "deadline")
+        return ResponseExchange(response.status, response.headers, response.body)
+    return response
+
+
+def rewrite_headers(
+    headers: list[tuple[str, str]], response: ResponseExchange, body_len: int
+) -> list[tuple[str, str]]:
+    """Headers for a changed response: Content-Length recomputed, a strong ETag weakened,
+    interceptor headers set."""
+    replaced = {k.lower() for k in response.set_headers}
+    body_changed = response.new_body is not None
+    out: list[tuple[str, str]] = []
+    had_length = False
+    for key, value in headers:
+        lower = key.lower()
+        if lower == "content-length":
+            had_length = True
+            continue
+        if lower in replaced:
+            continue
+        if lower == "etag" and body_changed:
+            value = weak_etag(value)
+        out.append((key, value))
+    out.extend(response.set_headers.items())
+    if had_length or body_changed:
+        out.append(("Content-Length", str(body_len)))
+    return out
+
+
+def response_headers(headers: list[tuple[str, str]]) -> Headers:
+    return Headers(headers)

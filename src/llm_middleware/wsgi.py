@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange
+from .exchange import Headers, RequestExchange, ResponseExchange
 from .observability import log_internal_error, reset_request_pii, set_request_pii
-from .sync import process_request_sync
+from .sync import process_request_sync, process_response_sync, rewrite_headers
 
 RESULT_KEY = "llm_middleware.result"
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
@@ -21,7 +21,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class LLMWSGIMiddleware:
-    def __init__(self, app: WSGIApp, config: Any = None, **config_kwargs: Any) -> None:
+    def __init__(self, app: WSGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
 
@@ -38,7 +38,10 @@ class LLMWSGIMiddleware:
         result = environ.get(RESULT_KEY)
         token = set_request_pii(result.pii_values if result is not None else frozenset())
         try:
-            return self.app(environ, start_response)
+            if result is None or result.context is None or not rule.needs_response:
+                return self.app(environ, start_response)
+            side = _ResponseSide(self.engine, rule, result, environ, start_response)
+            return side.run(self.app)
         finally:
             reset_request_pii(token)
 
@@ -123,3 +126,118 @@ def read_body(exchange: RequestExchange, environ: dict[str, Any], cap: int) -> N
         exchange.body_skip_reason = "client_disconnected"
         return
     exchange.body = body
+
+
+class _ResponseSide:
+    """Holds ``start_response`` until the body is known; only a complete response with a
+    Content-Length under the cap is buffered (no length = streaming: passed through). The
+    app's iterable is always closed."""
+
+    def __init__(
+        self, engine: Engine, rule: CompiledRule, result: Any, environ: dict[str, Any],
+        start_response: StartResponse,
+    ) -> None:  # fmt: skip
+        self.engine = engine
+        self.rule = rule
+        self.result = result
+        self.environ = environ
+        self.method = environ.get("REQUEST_METHOD", "GET")
+        self.start_response = start_response
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.held = False
+        self.written: list[bytes] = []
+
+    def _start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None or self.status is not None:
+            self.held = False
+            return self.start_response(status, headers, exc_info)
+        self.status, self.headers = status, headers
+        head = Headers(headers)
+        declared = head.get("content-length")
+        reason = self.engine.response_skip_reason(
+            self.rule, self.result, self.method, int(status.split(" ", 1)[0]), head,
+            int(declared) if declared and declared.isdigit() else None,
+        )  # fmt: skip
+        if reason is None and not (declared and declared.isdigit()):
+            reason = "streaming_response"
+        if reason is not None:
+            self.engine.finish_response(self.rule, self.result, self.method, reason)
+            return self.start_response(status, headers)
+        self.held = True
+        return self.written.append
+
+    def run(self, app: WSGIApp) -> Iterable[bytes]:
+        iterable = app(self.environ, self._start)
+        if self.status is None:
+            # A generator app calls start_response on its first iteration.
+            iterator = iter(iterable)
+            try:
+                first = next(iterator)
+            except StopIteration:
+                first = b""
+            except BaseException:
+                _close(iterable)
+                raise
+            if not self.held:
+                return _Chained([first], iterator, iterable)
+            chunks, rest = [first], iterator
+        else:
+            if not self.held:
+                return iterable
+            chunks, rest = [], iter(iterable)
+        cap = self.rule.max_response_bytes
+        size = sum(len(c) for c in self.written) + sum(len(c) for c in chunks)
+        try:
+            for chunk in rest:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:  # more than it declared: hand on what we have, then the rest
+                    self.engine.finish_response(
+                        self.rule, self.result, self.method, "response_too_large"
+                    )
+                    assert self.status is not None
+                    self.start_response(self.status, self.headers)
+                    return _Chained(self.written + chunks, rest, iterable)
+        except BaseException:
+            _close(iterable)
+            raise
+        _close(iterable)
+        body = b"".join(self.written) + b"".join(chunks)
+        assert self.status is not None
+        status, headers = self.status, self.headers
+        try:
+            response = ResponseExchange(int(status.split(" ", 1)[0]), Headers(headers), body)
+            response = process_response_sync(self.engine, self.rule, self.result, response)
+            if response.new_body is not None or response.set_headers:
+                body = response.current_body
+                headers = rewrite_headers(headers, response, len(body))
+        except Exception as exc:  # ours: the app's response goes out as it was
+            log_internal_error("wsgi.response", exc)
+            headers = self.headers
+            body = b"".join(self.written) + b"".join(chunks)
+        self.engine.finish_response(self.rule, self.result, self.method, None)
+        self.start_response(status, headers)
+        return [body]
+
+
+class _Chained:
+    """``head`` then ``rest``; ``close()`` closes the app's original iterable."""
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes], original: Iterable[bytes]):
+        self.head = head
+        self.rest = rest
+        self.original = original
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.head
+        yield from self.rest
+
+    def close(self) -> None:
+        _close(self.original)
+
+
+def _close(iterable: Iterable[bytes]) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()

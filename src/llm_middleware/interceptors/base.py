@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from ..deadline import Deadline
-from ..exchange import RequestExchange
+from ..exchange import RequestExchange, ResponseExchange
 from ..llm import CallStats, LLMClient
 from ..result import LLMResult
 
@@ -33,6 +33,8 @@ NO_PRIVACY: Privacy = _NoPrivacy()
 
 
 class RequestContext:
+    """Lives from the request side to the response side of one request."""
+
     __slots__ = ("exchange", "deadline", "result", "stats", "llm", "privacy", "privacy_failed")
 
     def __init__(
@@ -63,8 +65,20 @@ class Interceptor(Protocol):
     needs_body: bool
     uses_llm: bool
     runs_first: bool
+    handles_request: bool
+    handles_response: bool
+    on_error_status: bool  # response side: also 4xx/5xx responses
 
     async def on_request(self, ctx: RequestContext) -> str:
         """Do the work; return ``"ok"``, ``"cached"`` or ``"skipped"``. Raise ``SourceError`` or
         ``LLMError`` (or anything: the engine records it) to pass through."""
+        ...
+
+    def accepts(self, content_type: str) -> bool:
+        """Response side: whether a complete response of this type is worth buffering."""
+        ...
+
+    async def on_response(self, ctx: RequestContext, response: ResponseExchange) -> str:
+        """Response side: same contract as ``on_request``; write ``response.new_body`` /
+        ``response.set_headers``."""
         ...

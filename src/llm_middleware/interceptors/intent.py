@@ -10,7 +10,13 @@ from urllib.parse import parse_qsl, urlencode
 from pydantic import BaseModel
 
 from ..config import IntentExtraction
-from ..exchange import RequestExchange, SourceError, json_pointer_set, read_source
+from ..exchange import (
+    RequestExchange,
+    ResponseExchange,
+    SourceError,
+    json_pointer_set,
+    read_source,
+)
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
 
@@ -20,6 +26,9 @@ MAX_INPUT_CHARS = 8_000
 class IntentInterceptor:
     uses_llm = True
     runs_first = False
+    handles_request = True
+    handles_response = False
+    on_error_status = False
 
     def __init__(self, config: IntentExtraction, name: str) -> None:
         self.config = config
@@ -28,6 +37,12 @@ class IntentInterceptor:
         self.prompt = config.prompt or default_prompt(self.schema, "intent")
         schema_json(self.schema)  # built once at start-up, not on the first request
         self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body")
+
+    def accepts(self, content_type: str) -> bool:
+        return False
+
+    async def on_response(self, ctx: RequestContext, response: ResponseExchange) -> str:
+        raise NotImplementedError  # handles_response is False: never called
 
     async def on_request(self, ctx: RequestContext) -> str:
         text = read_source(ctx.exchange, self.config.source)

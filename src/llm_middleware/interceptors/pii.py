@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from ..config import PIIMasking
-from ..exchange import SourceError, charset_of, is_json_type
+from ..exchange import ResponseExchange, SourceError, charset_of, is_json_type
 from ..pii import PIIDetector, Vault, mask_form, mask_json, mask_query, mask_text
 from .base import RequestContext
 
@@ -33,6 +33,7 @@ class VaultPrivacy:
 class PIIInterceptor:
     uses_llm = False
     runs_first = True
+    handles_request = True  # also sets up masking for whatever goes to a provider
 
     def __init__(self, config: PIIMasking, name: str) -> None:
         self.config = config
@@ -43,6 +44,8 @@ class PIIInterceptor:
         self.mask_query = "query" in config.targets
         self.mask_body = "body" in config.targets
         self.needs_body = self.mask_body
+        self.handles_response = "response" in config.targets
+        self.on_error_status = True  # error pages echo input too
 
     async def on_request(self, ctx: RequestContext) -> str:
         vault = Vault()
@@ -55,6 +58,28 @@ class PIIInterceptor:
                 exchange.new_query_string = masked
         if self.mask_body:
             self._mask_body(ctx, vault, kwargs)
+        ctx.result.pii = vault.counts
+        ctx.result.pii_values = vault.values
+        return "ok"
+
+    def accepts(self, content_type: str) -> bool:
+        return is_json_type(content_type) or content_type.startswith("text/")
+
+    async def on_response(self, ctx: RequestContext, response: ResponseExchange) -> str:
+        privacy = ctx.privacy
+        vault = privacy.vault if isinstance(privacy, VaultPrivacy) else Vault()
+        kwargs: dict[str, Any] = {"strategy": self.strategy, "salt": self.salt}
+        if is_json_type(response.content_type):
+            document = response.json()
+            masked_doc = mask_json(document, self.detector, vault, **kwargs)
+            if masked_doc != document:
+                response.new_body = json.dumps(masked_doc, ensure_ascii=False).encode()
+        else:
+            text = response.text()
+            masked = mask_text(text, self.detector, vault, **kwargs)
+            if masked != text:
+                charset = charset_of(response.headers.get("content-type") or "")
+                response.new_body = masked.encode(charset)
         ctx.result.pii = vault.counts
         ctx.result.pii_values = vault.values
         return "ok"

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio  # noqa: F401  (httpx loads these lazily: at start-up here, not on the loop
 import certifi
+import h11  # noqa: F401   during the first requests)
 import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
@@ -43,7 +45,7 @@ ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
-_TEARDOWN_GRACE_S = 0.05
+_TEARDOWN_GRACE_S = 0.02
 
 
 @dataclass
@@ -155,8 +157,13 @@ class LLMClient:
         text: str,
         deadline: Deadline,
         stats: CallStats,
+        *,
+        keep_going_s: float = 0.0,
     ) -> tuple[M, bool]:
-        """Return ``(object, from_cache)``; raise an ``LLMError`` subclass otherwise."""
+        """Return ``(object, from_cache)``; raise an ``LLMError`` subclass otherwise.
+
+        With ``keep_going_s``, a call the caller stops waiting for at its deadline goes on for
+        up to that long in the background and caches its result (stale-while-revalidate)."""
         key = (self._chain_id, prompt.name, prompt.version, _qualname(schema), text)
         stats.prompt_versions.append(f"{prompt.name}@{prompt.version}")
         if self._cache is not None:
@@ -174,7 +181,12 @@ class LLMClient:
                 if self._in_flight >= self.max_in_flight:
                     raise Shed(f"{self._in_flight} LLM calls in flight", reason="in_flight_cap")
                 self._in_flight += 1
-            task = loop.create_task(self._call_chain(schema, prompt, text, deadline, stats, key))
+            call_deadline = (
+                Deadline(deadline.remaining() + keep_going_s) if keep_going_s else deadline
+            )
+            task = loop.create_task(
+                self._call_chain(schema, prompt, text, call_deadline, stats, key)
+            )
             pending[key] = task
             task.add_done_callback(functools.partial(self._done, key=key, pending=pending))
         # Shielded: a caller that gives up (its own deadline, a disconnect) does not cancel the
@@ -182,16 +194,22 @@ class LLMClient:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise LLMTimeout("no time left", reason="budget_exhausted")
+        result: BaseModel | None = None
         try:
             async with asyncio.timeout(remaining):
                 result = await asyncio.shield(task)
         except TimeoutError:
-            raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline") from None
+            pass  # raised below, outside the handler: no traceback kept alive through context
+        if result is None:
+            raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
         return result.model_copy(deep=True), False  # type: ignore[return-value]
 
     async def aclose(self) -> None:
-        """Close the httpx client of the running loop (others are closed by their own loops)."""
+        """Cancel this loop's calls still going on in the background and close its httpx
+        client (others are closed by their own loops): shutdown never waits on a provider."""
         loop = asyncio.get_running_loop()
+        for task in list(self._pending.get(loop, {}).values()):
+            task.cancel()
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
@@ -236,6 +254,10 @@ class LLMClient:
         if task.cancelled():
             return
         exc = task.exception()  # also marks the exception retrieved when nobody awaits
+        if exc is not None:
+            # The traceback holds the task's frames, and through asyncio.timeout the task
+            # itself: a cycle only a full GC would free, stopping the loop while it runs.
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
         if exc is None and self._cache is not None:
             with self._lock:
                 self._cache[key] = task.result()
@@ -267,6 +289,7 @@ class LLMClient:
     ) -> BaseModel:
         messages = render(prompt, schema, text)
         last: LLMError | None = None
+        trying: CircuitBreaker | None = None
         try:
             # The shared call's timeouts fire a little after its first caller's deadline:
             # callers stop waiting first and answer their requests, and tearing down the
@@ -275,7 +298,7 @@ class LLMClient:
                 for provider in self.providers:
                     if deadline.remaining() < _MIN_ATTEMPT_S:
                         break
-                    breaker = self.breakers[provider.label]
+                    breaker = trying = self.breakers[provider.label]
                     if not breaker.allow():
                         last = last or CircuitOpen(f"{provider.label} circuit open")
                         continue
@@ -293,7 +316,9 @@ class LLMClient:
                         breaker.success()
                         return result
         except TimeoutError:
-            raise LLMTimeout("budget exhausted", reason="deadline") from None
+            if trying is not None:
+                trying.failure()  # a provider that hangs past the deadline counts as failing
+            last = None
         if last is None:
             raise LLMTimeout("budget exhausted", reason="deadline")
         raise last

@@ -1,0 +1,77 @@
+"""Response enrichment: LLM-made fields (summary, tags, translation...) added to a complete JSON
+response, into a JSON pointer of it or a header."""
+
+from __future__ import annotations
+
+import json
+
+from ..config import ResponseEnrichment
+from ..exchange import (
+    ResponseExchange,
+    SourceError,
+    is_json_type,
+    json_pointer_get,
+    json_pointer_set,
+)
+from ..llm.prompts import default_prompt, schema_json
+from .base import RequestContext
+
+# Long documents are cut, not refused: a summary of the first 12k characters beats none.
+MAX_INPUT_CHARS = 12_000
+
+
+class EnrichmentInterceptor:
+    uses_llm = True
+    runs_first = False
+    needs_body = False
+    handles_request = False
+    handles_response = True
+
+    def __init__(self, config: ResponseEnrichment, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.schema = config.schema_
+        self.prompt = config.prompt or default_prompt(self.schema, "enrichment")
+        self.on_error_status = config.on_error_status
+        self.source = config.source.partition(":")[2]
+        kind, _, self.target = config.into.partition(":")
+        self.into_header = kind == "header"
+        schema_json(self.schema)  # built once at start-up, not on the first request
+
+    def accepts(self, content_type: str) -> bool:
+        return is_json_type(content_type)
+
+    async def on_request(self, ctx: RequestContext) -> str:
+        raise NotImplementedError  # handles_request is False: never called
+
+    async def on_response(self, ctx: RequestContext, response: ResponseExchange) -> str:
+        document = response.json()
+        try:
+            value = json_pointer_get(document, self.source)
+        except (KeyError, TypeError):
+            raise SourceError("source_missing", f"no JSON value at {self.source!r}") from None
+        if value is None or value == "":
+            raise SourceError("source_missing", "empty value")
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        obj, cached = await ctx.llm.structured(
+            self.schema,
+            self.prompt,
+            ctx.privacy.protect(text[:MAX_INPUT_CHARS]),
+            ctx.deadline,
+            ctx.stats,
+            keep_going_s=self.config.stale_while_revalidate_s,
+        )
+        obj = ctx.restore_model(obj)
+        if self.into_header:
+            # ASCII-only JSON: header values are latin-1 on the wire.
+            response.set_headers[self.target] = json.dumps(
+                obj.model_dump(mode="json"), separators=(",", ":")
+            )
+        else:
+            json_pointer_set(document, self.target, obj.model_dump(mode="json"), overwrite=True)
+            response.new_body = json.dumps(document, ensure_ascii=False).encode()
+            response._json = (response.new_body, document)
+        ctx.result.enrichments[self.name] = obj
+        if ctx.result.enrichment is None:
+            ctx.result.enrichment = obj
+        return "cached" if cached else "ok"
