@@ -1,0 +1,1 @@
+"""A minimal Django shop that gains LLM features through settings only."""

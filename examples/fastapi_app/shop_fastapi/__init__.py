@@ -1,0 +1,1 @@
+"""A small FastAPI shop that gains LLM features through configuration only."""
