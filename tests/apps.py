@@ -12,7 +12,13 @@ import json
 import os
 from typing import Any
 
-ARTICLE_PATHS = ["/article", "/article-header", "/article-both", "/article-bare"]  # no rule: bare
+ARTICLE_PATHS = [
+    "/article",
+    "/article-header",
+    "/article-both",
+    "/article-swr",
+    "/article-bare",
+]  # no rule: bare
 RULE_PATHS = [
     "/search", "/echo", "/json-echo", "/form-echo", "/body-echo", "/header-echo", "/pii-echo",
     "/pii-form-echo", "/rewrite-search", "/rewrite-json",
@@ -65,6 +71,19 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                         "schema": "schemas.Summary",
                         "source": "json:/body",
                         "into": "json:/summary",
+                    },
+                ],
+            },
+            {
+                "path": "/article-swr",
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "enrichment",
+                        "schema": "schemas.Summary",
+                        "source": "json:/body",
+                        "into": "json:/summary",
+                        "stale_while_revalidate_s": 5,
                     },
                 ],
             },

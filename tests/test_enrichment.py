@@ -124,3 +124,23 @@ def test_one_budget_for_request_and_response_side(
     assert event["outcomes"] == {"intent": "timeout", "enrichment": "timeout"}
     assert event["reasons"]["enrichment"] in {"budget_exhausted", "deadline"}
     assert event["added_ms"] <= GUARANTEE_BUDGET_MS + OWN_SLACK_MS[adapter]
+
+
+def test_stale_while_revalidate_fills_the_cache_for_the_next_response(
+    serve: Serve, fault_server: FaultServer
+) -> None:
+    # The model answers after the budget: the first response goes out as it was, the call
+    # finishes in the background, and the next identical response is enriched at once.
+    fault_server.script(reply(GOOD, delay=GUARANTEE_BUDGET_MS / 1000 + 0.2))
+    with serve() as base:
+        first = fetch(base, "/article-swr", "json")
+        deadline = time.monotonic() + 3
+        while len(fault_server.requests) < 1 or time.monotonic() < deadline:
+            second = fetch(base, "/article-swr", "json")
+            if "summary" in json.loads(second[2]):
+                break
+            time.sleep(0.05)
+        bare = fetch(base, "/article-bare", "json")
+    assert first[2] == bare[2]
+    assert json.loads(second[2])["summary"] == GOOD
+    assert len(fault_server.requests) == 1  # one upstream call served both

@@ -1,4 +1,4 @@
-"""``llm-middleware check | explain | demo``."""
+"""``llm-middleware check | explain | demo | serve-model``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--budget-ms", type=int, default=None)
 
+    model = sub.add_parser("serve-model", help="serve only the local model on a fixed port")
+    model.add_argument("--port", type=int, default=8080)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -69,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.method.upper()} {args.path}: {where} "
                   f"budget={budget}ms mode={compiled.mode} [{names}]")  # fmt: skip
             return 0
+        if args.command == "serve-model":
+            from .demo import serve_model
+
+            return serve_model(args.port)
         from .demo import DEMO_BUDGET_MS, run_demo
 
         return run_demo(

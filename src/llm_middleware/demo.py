@@ -244,3 +244,14 @@ def run_demo(
             print("\nstopping ...")
             return 0
     return 1
+
+
+def serve_model(port: int) -> int:
+    """``llm-middleware serve-model``: the local model alone, for the example apps."""
+    with local_llm_server(port) as url:
+        print(f"SmolLM2-135M (llama.cpp, OpenAI-compatible) at {url}; Ctrl-C stops it.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
