@@ -241,6 +241,8 @@ def run_demo(
             while app.poll() is None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
+            # A second Ctrl-C must not cut the clean-up short and leave a server behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             print("\nstopping ...")
             return 0
     return 1
