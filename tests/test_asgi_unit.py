@@ -256,3 +256,23 @@ async def test_one_log_event_per_request_without_values(fault_server: FaultServe
     assert "secret query" not in repr(logs) and "shoes" not in repr(logs)
     headers = dict(sent[0]["headers"])
     assert headers[b"server-timing"].startswith(b"llm;dur=")
+
+
+async def test_sampling_is_deterministic_per_client_key(fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD)
+    config = make_config(fault_server.url, client_key_header="x-user")
+    config["rules"][0]["sample"] = 0.5
+    inner = Recorder()
+    app = LLMMiddleware(inner, config=config)
+
+    async def outcome(user: str) -> str:
+        scope = http_scope("/search", method="GET", query_string=b"q=x")
+        scope["headers"].append((b"x-user", user.encode()))
+        await collect(app, scope, channel({"type": "http.request", "body": b""}))
+        return inner.llm.outcomes["intent"]
+
+    first = [await outcome(f"user-{i}") for i in range(40)]
+    again = [await outcome(f"user-{i}") for i in range(40)]
+    await app.engine.aclose()
+    assert [o == "skipped" for o in first] == [o == "skipped" for o in again]
+    assert 8 <= first.count("skipped") <= 32  # about half, decided by the key

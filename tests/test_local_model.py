@@ -94,6 +94,9 @@ def _config(url: str, **rule: Any) -> dict[str, Any]:
         "rules": [
             {"path": "/search", "budget_ms": BUDGET_MS,
              "interceptors": [{"type": "intent", "schema": SCHEMA, "source": "query:q"}]},
+            {"path": "/article", "budget_ms": BUDGET_MS,
+             "interceptors": [{"type": "enrichment", "schema": "schemas.Summary",
+                               "source": "json:/body", "into": "json:/summary"}]},
             {"path": "/pii-echo", "budget_ms": BUDGET_MS,
              "interceptors": [{"type": "pii_masking"},
                               {"type": "intent", "schema": SCHEMA, "source": "json:/message"}]},
@@ -165,3 +168,20 @@ def test_demo_command_starts_serves_and_stops(local_llm: str) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert json.loads(json.dumps(data))  # the demo answered JSON
+
+
+def test_enrichment_on_an_article_with_the_real_model(local_llm: str) -> None:
+    from apps import ARTICLE_BODY
+    from schemas import Summary
+
+    with serve_asgi_thread(build_starlette(_config(local_llm))) as base:
+        started = time.monotonic()
+        response = httpx.get(base + "/article", params={"kind": "json"}, timeout=60)
+        wall_ms = (time.monotonic() - started) * 1000
+    doc = response.json()
+    assert response.status_code == 200
+    assert doc["body"] == ARTICLE_BODY and doc["id"] == 7
+    assert int(response.headers["content-length"]) == len(response.content)
+    if "summary" in doc:  # the model made it in time with a valid object
+        Summary.model_validate(doc["summary"])
+    assert wall_ms <= BUDGET_MS + 500

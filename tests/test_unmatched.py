@@ -1,0 +1,152 @@
+"""Guarantee 1: an unmatched request costs one rule lookup: its body is not read, its scope or
+environ is handed on as it came, nothing is allocated for it. And the DNS-stall case of the
+budget guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from apps import make_config, setup_django
+from fault_server import FaultServer
+from llm_middleware import LLMMiddleware
+from llm_middleware.wsgi import LLMWSGIMiddleware
+
+
+class Untouchable(io.RawIOBase):
+    """A request body that must not be read."""
+
+    def read(self, *args: Any) -> bytes:
+        raise AssertionError("the middleware read an unmatched request's body")
+
+    readline = readinto = read  # type: ignore[assignment]
+
+
+async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_asgi_unmatched_is_handed_on_untouched(fault_server: FaultServer) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive))
+
+    middleware = LLMMiddleware(app, config=make_config(fault_server.url))
+    scope = {"type": "http", "method": "POST", "path": "/elsewhere", "headers": [],
+             "query_string": b""}  # fmt: skip
+
+    async def receive() -> Any:
+        raise AssertionError("the middleware read an unmatched request's body")
+
+    asyncio.run(middleware(scope, receive, None))  # type: ignore[arg-type]
+    assert seen == [(scope, receive)] and scope.keys() == {
+        "type",
+        "method",
+        "path",
+        "headers",
+        "query_string",
+    }
+
+
+def test_asgi_unmatched_retains_nothing(fault_server: FaultServer) -> None:
+    middleware = LLMMiddleware(_asgi_app, config=make_config(fault_server.url))
+    bare_scope = {"type": "http", "method": "GET", "path": "/plain", "headers": [],
+                  "query_string": b"", "root_path": ""}  # fmt: skip
+
+    async def noop_send(message: Any) -> None:
+        pass
+
+    async def loop(app: Any, n: int) -> None:
+        for _ in range(n):
+            await app(bare_scope, None, noop_send)
+
+    async def measure() -> tuple[int, int]:
+        await loop(middleware, 100)  # warm caches
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            await loop(middleware, 2000)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = [
+            s for s in after.compare_to(before, "filename")
+            if "llm_middleware" in str(s.traceback) and s.size_diff > 0
+        ]  # fmt: skip
+        return len(grown), sum(s.size_diff for s in grown)
+
+    count, size = asyncio.run(measure())
+    assert (count, size) == (0, 0)
+
+
+def test_wsgi_unmatched_is_handed_on_untouched(fault_server: FaultServer) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ)
+        return [b""]
+
+    middleware = LLMWSGIMiddleware(app, make_config(fault_server.url))
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/elsewhere", "CONTENT_LENGTH": "5",
+               "wsgi.input": Untouchable()}  # fmt: skip
+    snapshot = dict(environ)
+    middleware(environ, lambda *a: None)
+    assert seen == [snapshot] and seen[0] is environ
+
+
+def test_django_unmatched_body_is_not_read(fault_server: FaultServer) -> None:
+    setup_django()
+    from django.test import RequestFactory, override_settings
+
+    from llm_middleware.django import LLMMiddleware as DjangoMiddleware
+
+    request = RequestFactory().post("/elsewhere", b"{}", content_type="application/json")
+    with override_settings(LLM_MIDDLEWARE=make_config(fault_server.url)):
+        DjangoMiddleware(lambda r: r)(request)
+    assert request._read_started is False and not hasattr(request, "llm")
+
+
+@pytest.mark.parametrize("budget_ms", [150])
+def test_budget_holds_through_a_dns_stall(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch, budget_ms: int
+) -> None:
+    real = socket.getaddrinfo
+
+    def stalling(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host  # anyio passes IDNA bytes
+        if name == "stalled-dns.test":
+            time.sleep(0.6)  # a resolver that answers late (in a worker thread)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalling)
+    url = fault_server.url.replace("127.0.0.1", "stalled-dns.test")
+    results: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        results.append(scope["state"]["llm"])
+
+    middleware = LLMMiddleware(app, config=make_config(url, budget_ms=budget_ms))
+    scope = {"type": "http", "method": "GET", "path": "/search", "headers": [],
+             "query_string": b"q=red+shoes", "root_path": ""}  # fmt: skip
+
+    async def run() -> float:
+        started = time.monotonic()
+        await middleware(scope, None, None)  # type: ignore[arg-type]
+        elapsed = (time.monotonic() - started) * 1000
+        await middleware.engine.aclose()
+        return elapsed
+
+    elapsed_ms = asyncio.run(run())
+    assert results[0].outcomes == {"intent": "timeout"}
+    assert results[0].added_ms <= budget_ms + 5
+    assert elapsed_ms <= budget_ms + 50
+    assert fault_server.requests == []
