@@ -17,6 +17,7 @@ ARTICLE_PATHS = [
     "/article-header",
     "/article-both",
     "/article-swr",
+    "/article-masked",
     "/article-bare",
 ]  # no rule: bare
 RULE_PATHS = [
@@ -73,6 +74,11 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                         "into": "json:/summary",
                     },
                 ],
+            },
+            {
+                "path": "/article-masked",
+                "budget_ms": budget_ms,
+                "interceptors": [{"type": "pii_masking", "targets": ["response"]}],
             },
             {
                 "path": "/article-swr",
@@ -466,6 +472,14 @@ def article(kind: str) -> tuple[int, list[tuple[str, str]], list[bytes]]:
         return 200, [*json_headers, ("Content-Length", str(len(big)))], [big]
     if kind == "etag":
         return 200, [*json_headers, ("ETag", '"v1"'), ("Content-Length", str(len(doc)))], [doc]
+    if kind == "pii-json":
+        body = json.dumps({"contact": "jane.doe@example.com", "id": 3,
+                           "note": "call +1 415 555 0132"}).encode()  # fmt: skip
+        return 200, [*json_headers, ("Content-Length", str(len(body)))], [body]
+    if kind == "pii-text":
+        body = b"write to jane.doe@example.com"
+        return 200, [("Content-Type", "text/plain; charset=utf-8"),
+                     ("Content-Length", str(len(body)))], [body]  # fmt: skip
     if kind == "problem":
         return 200, [("Content-Type", "application/problem+json"),
                      ("Content-Length", str(len(doc)))], [doc]  # fmt: skip
