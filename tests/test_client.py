@@ -257,16 +257,39 @@ async def test_anthropic_messages_wire(anthropic_fault_server: FaultServer) -> N
 
 async def test_breaker_opens_for_a_provider_that_hangs(fault_server: FaultServer) -> None:
     fault_server.default = hang_before_headers()
-    client = LLMClient(config(fault_server.url, breaker_failures=2, breaker_reset_s=60))
+    client = LLMClient(config(fault_server.url, breaker_failures=1, breaker_reset_s=60))
+    breaker = client.breakers[client.providers[0].label]
     try:
-        for i in range(2):
+        for i in range(3):  # cut short by a tight budget: not held against the provider
             with pytest.raises(LLMTimeout):
-                await call(client, text=f"q{i}", budget=0.1)
-        await wait_idle(client)  # the abandoned calls end (and count) just after their callers
+                await call(client, text=f"short{i}", budget=0.05)
+        await wait_idle(client)
+        assert breaker.state == "closed"
+        with pytest.raises(LLMTimeout):  # no answer within a whole second: that is failing
+            await call(client, text="q", budget=1.0)
+        await wait_idle(client)
+        assert breaker.state == "open"
         started = time.monotonic()
         with pytest.raises(CircuitOpen):
-            await call(client, text="fails fast now", budget=0.1)
+            await call(client, text="fails fast now", budget=1.0)
         assert time.monotonic() - started < 0.02
     finally:
         await client.aclose()
-    assert len(fault_server.requests) == 2
+
+
+async def test_a_patient_caller_extends_the_shared_call(fault_server: FaultServer) -> None:
+    # A 50 ms caller starts the call; a 1 s caller joins it; the answer at 300 ms serves the
+    # second one instead of both timing out at the first one's deadline.
+    fault_server.default = reply(GOOD, delay=0.3)
+    client = LLMClient(config(fault_server.url))
+    try:
+        hasty = asyncio.create_task(call(client, budget=0.05))
+        await asyncio.sleep(0.01)
+        patient = asyncio.create_task(call(client, budget=1.0))
+        with pytest.raises(LLMTimeout):
+            await hasty
+        obj, _ = await patient
+    finally:
+        await client.aclose()
+    assert obj == SearchIntent(**GOOD)
+    assert len(fault_server.requests) == 1

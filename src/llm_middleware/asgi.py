@@ -236,8 +236,11 @@ class _ResponseSide:
             # Don't send the start message until we know whether the body changes.
             self.start, self.headers, self.state = message, headers, "buffering"
             return
-        if kind != "http.response.body" or self.start is None or self.headers is None:
+        if self.start is None or self.headers is None:
             return await self.send(message)
+        if kind != "http.response.body":  # pathsend, zerocopy...: not a body we can see
+            await self._passthrough("unsupported_message", self.start, message)
+            return
         start, body = self.start, message.get("body", b"")
         if message.get("more_body", False):
             await self._passthrough("streaming_response", start, message)
@@ -269,8 +272,9 @@ class _ResponseSide:
         new_body = response.new_body if response.new_body is not None else body
         raw = list(start.get("headers", []))
         changed = {k.lower().encode("latin-1") for k in response.set_headers}
-        if response.new_body is not None:
-            changed.add(b"content-length")
+        had_length = any(k.lower() == b"content-length" for k, _ in raw)
+        if response.new_body is not None or had_length:
+            changed.add(b"content-length")  # dropped below and written once, recomputed
         out: list[tuple[bytes, bytes]] = []
         for key, value in raw:
             lower = key.lower()
@@ -281,6 +285,6 @@ class _ResponseSide:
             out.append((key, value))
         for key, value in response.set_headers.items():
             out.append((key.lower().encode("latin-1"), value.encode("latin-1", "replace")))
-        if response.new_body is not None or any(k == b"content-length" for k, _ in raw):
+        if response.new_body is not None or had_length:
             out.append((b"content-length", str(len(new_body)).encode("latin-1")))
         return {**start, "headers": out}, new_body

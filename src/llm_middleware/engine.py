@@ -235,7 +235,7 @@ class Engine:
                 continue
             body, headers = response.new_body, dict(response.set_headers)
             try:
-                async with asyncio.timeout(remaining if icpt.uses_llm else None):
+                async with asyncio.timeout(remaining):
                     outcome = await icpt.on_response(ctx, response)
             except TimeoutError:
                 result.record(icpt.name, "timeout", "deadline")
@@ -279,7 +279,7 @@ class Engine:
                 continue
             body, query = exchange.new_body, exchange.new_query_string
             try:
-                async with asyncio.timeout(remaining if icpt.uses_llm else None):
+                async with asyncio.timeout(remaining):
                     outcome = await icpt.on_request(ctx)
             except TimeoutError:
                 result.record(icpt.name, "timeout", "deadline")

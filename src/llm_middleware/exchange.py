@@ -15,6 +15,7 @@ __all__ = [
     "json_pointer_get",
     "json_pointer_set",
     "read_source",
+    "read_source_value",
     "weak_etag",
 ]
 
@@ -195,6 +196,13 @@ def json_pointer_set(document: Any, pointer: str, value: Any, *, overwrite: bool
 
 def read_source(exchange: RequestExchange, source: str) -> str:
     """The text an interceptor reads: ``query:``, ``form:``, ``json:``, ``header:`` or ``body``."""
+    value = read_source_value(exchange, source)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def read_source_value(exchange: RequestExchange, source: str) -> Any:
+    """Like :func:`read_source`, but a ``json:`` source gives the JSON value itself (so that
+    masking can apply its field-name rules to it before it is sent anywhere)."""
     kind, _, name = source.partition(":")
     if kind == "query":
         for key, value in _parse_pairs(exchange.current_query_string):
@@ -225,7 +233,7 @@ def read_source(exchange: RequestExchange, source: str) -> str:
             return _non_empty(value)
         if value is None:
             raise SourceError("source_missing", f"JSON value at {name!r} is null")
-        return json.dumps(value, ensure_ascii=False)
+        return value
     if kind == "body":
         return _non_empty(exchange.body_text())
     raise SourceError("bad_source", source)  # config validation makes this unreachable

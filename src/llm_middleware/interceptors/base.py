@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -18,12 +19,20 @@ class Privacy(Protocol):
 
     def protect(self, text: str) -> str: ...
 
+    def protect_value(self, value: Any) -> str:
+        """A JSON value as text for a prompt, masked like a request body would be (field-name
+        rules included)."""
+        ...
+
     def restore(self, value: Any) -> Any: ...
 
 
 class _NoPrivacy:
     def protect(self, text: str) -> str:
         return text
+
+    def protect_value(self, value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     def restore(self, value: Any) -> Any:
         return value

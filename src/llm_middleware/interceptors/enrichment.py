@@ -52,11 +52,13 @@ class EnrichmentInterceptor:
             raise SourceError("source_missing", f"no JSON value at {self.source!r}") from None
         if value is None or value == "":
             raise SourceError("source_missing", "empty value")
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if isinstance(value, str):
+            value = value[:MAX_INPUT_CHARS]
+        text = ctx.privacy.protect_value(value)
         obj, cached = await ctx.llm.structured(
             self.schema,
             self.prompt,
-            ctx.privacy.protect(text[:MAX_INPUT_CHARS]),
+            text[:MAX_INPUT_CHARS],
             ctx.deadline,
             ctx.stats,
             keep_going_s=self.config.stale_while_revalidate_s,

@@ -15,7 +15,7 @@ from ..exchange import (
     ResponseExchange,
     SourceError,
     json_pointer_set,
-    read_source,
+    read_source_value,
 )
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
@@ -45,11 +45,11 @@ class IntentInterceptor:
         raise NotImplementedError  # handles_response is False: never called
 
     async def on_request(self, ctx: RequestContext) -> str:
-        text = read_source(ctx.exchange, self.config.source)
+        text = ctx.privacy.protect_value(read_source_value(ctx.exchange, self.config.source))
         if len(text) > MAX_INPUT_CHARS:
             raise SourceError("input_too_long", f"{len(text)} characters")
         obj, cached = await ctx.llm.structured(
-            self.schema, self.prompt, ctx.privacy.protect(text), ctx.deadline, ctx.stats
+            self.schema, self.prompt, text, ctx.deadline, ctx.stats
         )
         obj = ctx.restore_model(obj)
         ctx.result.intents[self.name] = obj

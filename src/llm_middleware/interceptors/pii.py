@@ -3,14 +3,19 @@ text whole), before business logic, logs or any provider sees them."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..config import PIIMasking
 from ..exchange import ResponseExchange, SourceError, charset_of, is_json_type
 from ..pii import PIIDetector, Vault, mask_form, mask_json, mask_query, mask_text
 from .base import RequestContext
+
+T = TypeVar("T")
 
 
 class VaultPrivacy:
@@ -25,6 +30,12 @@ class VaultPrivacy:
 
     def protect(self, text: str) -> str:
         return mask_text(text, self.detector, self.vault, "placeholder")
+
+    def protect_value(self, value: Any) -> str:
+        if isinstance(value, str):
+            return self.protect(value)
+        masked = mask_json(value, self.detector, self.vault, "placeholder")
+        return json.dumps(masked, ensure_ascii=False)
 
     def restore(self, value: Any) -> Any:
         return self.vault.restore_obj(value)
@@ -41,6 +52,7 @@ class PIIInterceptor:
         self.detector = PIIDetector(config.entities)
         self.strategy = config.strategy
         self.salt = (os.environ.get(config.salt_env, "") if config.salt_env else "").encode()
+        self._kwargs: dict[str, Any] = {"strategy": config.strategy, "salt": self.salt}
         self.mask_query = "query" in config.targets
         self.mask_body = "body" in config.targets
         self.needs_body = self.mask_body
@@ -51,13 +63,21 @@ class PIIInterceptor:
         vault = Vault()
         ctx.privacy = VaultPrivacy(self.detector, vault)
         exchange = ctx.exchange
-        kwargs: dict[str, Any] = {"strategy": self.strategy, "salt": self.salt}
-        if self.mask_query and exchange.query_string:
-            masked = mask_query(exchange.query_string, self.detector, vault, **kwargs)
-            if masked != exchange.query_string:
-                exchange.new_query_string = masked
-        if self.mask_body:
-            self._mask_body(ctx, vault, kwargs)
+        work = functools.partial(
+            self._mask_request,
+            exchange.query_string if self.mask_query else "",
+            exchange.body if self.mask_body else b"",
+            exchange.body_skip_reason,
+            exchange.headers.get("content-type") or "",
+            vault,
+        )
+        new_query, new_body = await _off_loop_if_large(
+            work, len(exchange.query_string) + len(exchange.body or b"")
+        )
+        if new_query is not None:
+            exchange.new_query_string = new_query
+        if new_body is not None:
+            exchange.new_body = new_body
         ctx.result.pii = vault.counts
         ctx.result.pii_values = vault.values
         return "ok"
@@ -68,45 +88,66 @@ class PIIInterceptor:
     async def on_response(self, ctx: RequestContext, response: ResponseExchange) -> str:
         privacy = ctx.privacy
         vault = privacy.vault if isinstance(privacy, VaultPrivacy) else Vault()
-        kwargs: dict[str, Any] = {"strategy": self.strategy, "salt": self.salt}
-        if is_json_type(response.content_type):
-            document = response.json()
-            masked_doc = mask_json(document, self.detector, vault, **kwargs)
-            if masked_doc != document:
-                response.new_body = json.dumps(masked_doc, ensure_ascii=False).encode()
-        else:
-            text = response.text()
-            masked = mask_text(text, self.detector, vault, **kwargs)
-            if masked != text:
-                charset = charset_of(response.headers.get("content-type") or "")
-                response.new_body = masked.encode(charset)
+        content_type = response.headers.get("content-type") or ""
+        body = response.current_body
+        work = functools.partial(self._mask_payload, body, content_type, vault)
+        new_body = await _off_loop_if_large(work, len(body))
+        if new_body is not None:
+            response.new_body = new_body
         ctx.result.pii = vault.counts
         ctx.result.pii_values = vault.values
         return "ok"
 
-    def _mask_body(self, ctx: RequestContext, vault: Vault, kwargs: dict[str, Any]) -> None:
-        exchange = ctx.exchange
-        body = exchange.body
-        if body is None:
+    # Pure functions of their arguments (no exchange access): they may run in a worker thread
+    # that the deadline abandons.
+
+    def _mask_request(
+        self, query: str, body: bytes | None, skip_reason: str | None, content_type: str,
+        vault: Vault,
+    ) -> tuple[str | None, bytes | None]:  # fmt: skip
+        new_query = None
+        if query:
+            masked = mask_query(query, self.detector, vault, **self._kwargs)
+            new_query = masked if masked != query else None
+        if body is None and self.mask_body:
             # Not read (too large, streaming, multipart...): it would reach the app unmasked.
-            raise SourceError(exchange.body_skip_reason or "body_not_read")
-        if not body:
-            return
-        content_type = exchange.content_type
-        if is_json_type(content_type):
-            document = exchange.body_json()
-            masked_doc = mask_json(document, self.detector, vault, **kwargs)
-            if masked_doc != document:
-                exchange.new_body = json.dumps(masked_doc, ensure_ascii=False).encode()
-            return
-        text = exchange.body_text()
-        if content_type == "application/x-www-form-urlencoded":
-            masked = mask_form(text, self.detector, vault, **kwargs)
-        elif content_type.startswith("text/") or not content_type:
-            masked = mask_text(text, self.detector, vault, **kwargs)
+            raise SourceError(skip_reason or "body_not_read")
+        new_body = self._mask_payload(body, content_type, vault, form=True) if body else None
+        return new_query, new_body
+
+    def _mask_payload(
+        self, body: bytes, content_type: str, vault: Vault, *, form: bool = False
+    ) -> bytes | None:
+        kind = content_type.split(";", 1)[0].strip().lower()
+        charset = charset_of(content_type)
+        try:
+            text = body.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise SourceError("undecodable", f"not valid {charset}") from None
+        if is_json_type(kind):
+            try:
+                document = json.loads(text)
+            except ValueError:
+                raise SourceError("body_not_json") from None
+            masked_doc = mask_json(document, self.detector, vault, **self._kwargs)
+            if masked_doc == document:
+                return None
+            return json.dumps(masked_doc, ensure_ascii=False).encode(charset)
+        if form and kind == "application/x-www-form-urlencoded":
+            masked = mask_form(text, self.detector, vault, **self._kwargs)
+        elif kind.startswith("text/") or not kind:
+            masked = mask_text(text, self.detector, vault, **self._kwargs)
         else:
-            raise SourceError("unsupported_content_type", content_type)
-        if masked != text:
-            exchange.new_body = masked.encode(
-                charset_of(exchange.headers.get("content-type") or "")
-            )
+            raise SourceError("unsupported_content_type", kind)
+        return masked.encode(charset) if masked != text else None
+
+
+# Masking is CPU work: small inputs inline, larger ones in a worker thread so the event loop
+# (shared by every request) keeps running, under the rule's deadline like any other step.
+_INLINE_BYTES = 32_768
+
+
+async def _off_loop_if_large(work: Callable[[], T], size: int) -> T:
+    if size <= _INLINE_BYTES:
+        return work()
+    return await asyncio.to_thread(work)

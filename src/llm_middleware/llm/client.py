@@ -41,11 +41,35 @@ from .prompts import render, schema_json
 from .providers import WireAnswer, build_request, parse_answer
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _Shared:
+    """One upstream call shared by every concurrent caller with the same input. Its deadline
+    is its own and grows to the latest caller's, so a tight-budget caller that started it
+    never cuts a patient one short."""
+
+    __slots__ = ("task", "deadline", "timeout")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.task: asyncio.Task[BaseModel] | None = None
+        self.deadline = deadline
+        self.timeout: asyncio.Timeout | None = None
+
+    def extend_to(self, end: float) -> None:
+        if end <= self.deadline.end:
+            return
+        self.deadline.end = end
+        if self.timeout is not None and not self.timeout.expired():
+            loop = asyncio.get_running_loop()
+            self.timeout.reschedule(loop.time() + self.deadline.remaining() + _TEARDOWN_GRACE_S)
+
+
 ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
 _TEARDOWN_GRACE_S = 0.02
+_BREAKER_MIN_BUDGET_S = 0.9
 
 
 @dataclass
@@ -88,6 +112,9 @@ class CircuitBreaker:
             return True
         return False
 
+    def release_trial(self) -> None:
+        self._trial = False
+
     def success(self) -> None:
         self._count = 0
         self._opened_at = None
@@ -127,13 +154,11 @@ class LLMClient:
             p.label: CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
             for p in self.providers
         }
-        # httpx clients and single-flight tables are bound to one event loop each.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._pending: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Task[BaseModel]]
-        ] = weakref.WeakKeyDictionary()
+        # httpx clients and single-flight tables are bound to one event loop each. Plain dicts
+        # (a client's sockets refer to its loop, so weak keys would never die), pruned of
+        # closed loops whenever a new loop shows up.
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._pending: dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Shared]] = {}
         _CLIENTS.add(self)
 
     def _after_fork(self) -> None:
@@ -141,8 +166,21 @@ class LLMClient:
         # parent's loops are gone in the child.
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._clients = weakref.WeakKeyDictionary()
-        self._pending = weakref.WeakKeyDictionary()
+        self._clients = {}
+        self._pending = {}
+
+    def _pending_for(self, loop: asyncio.AbstractEventLoop) -> dict[tuple[Any, ...], _Shared]:
+        pending = self._pending.get(loop)
+        if pending is None:
+            self._prune_closed_loops()
+            pending = self._pending[loop] = {}
+        return pending
+
+    def _prune_closed_loops(self) -> None:
+        for loop in [loop for loop in self._pending if loop.is_closed()]:
+            del self._pending[loop]
+        for loop in [loop for loop in self._clients if loop.is_closed()]:
+            del self._clients[loop]  # its sockets died with the loop
 
     @property
     def in_flight(self) -> int:
@@ -174,20 +212,21 @@ class LLMClient:
                 return hit.model_copy(deep=True), True  # type: ignore[return-value]
 
         loop = asyncio.get_running_loop()
-        pending = self._pending.setdefault(loop, {})
-        task = pending.get(key)
-        if task is None:
+        pending = self._pending_for(loop)
+        shared = pending.get(key)
+        if shared is not None and shared.task is not None:
+            shared.extend_to(deadline.end)
+            task = shared.task
+        else:
             with self._lock:
                 if self._in_flight >= self.max_in_flight:
                     raise Shed(f"{self._in_flight} LLM calls in flight", reason="in_flight_cap")
                 self._in_flight += 1
-            call_deadline = (
-                Deadline(deadline.remaining() + keep_going_s) if keep_going_s else deadline
+            shared = _Shared(Deadline(deadline.remaining() + keep_going_s, reserve_s=0.0))
+            task = shared.task = loop.create_task(
+                self._call_chain(schema, prompt, text, shared, stats)
             )
-            task = loop.create_task(
-                self._call_chain(schema, prompt, text, call_deadline, stats, key)
-            )
-            pending[key] = task
+            pending[key] = shared
             task.add_done_callback(functools.partial(self._done, key=key, pending=pending))
         # Shielded: a caller that gives up (its own deadline, a disconnect) does not cancel the
         # shared call, which ends by its own deadline anyway.
@@ -208,8 +247,9 @@ class LLMClient:
         """Cancel this loop's calls still going on in the background and close its httpx
         client (others are closed by their own loops): shutdown never waits on a provider."""
         loop = asyncio.get_running_loop()
-        for task in list(self._pending.get(loop, {}).values()):
-            task.cancel()
+        for shared in list(self._pending.get(loop, {}).values()):
+            if shared.task is not None:
+                shared.task.cancel()
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
@@ -245,11 +285,12 @@ class LLMClient:
         task: asyncio.Task[BaseModel],
         *,
         key: tuple[Any, ...],
-        pending: dict[tuple[Any, ...], asyncio.Task[BaseModel]],
+        pending: dict[tuple[Any, ...], _Shared],
     ) -> None:
         with self._lock:
             self._in_flight -= 1
-        if pending.get(key) is task:
+        shared = pending.get(key)
+        if shared is not None and shared.task is task:
             del pending[key]
         if task.cancelled():
             return
@@ -283,18 +324,22 @@ class LLMClient:
         schema: type[BaseModel],
         prompt: Prompt,
         text: str,
-        deadline: Deadline,
+        shared: _Shared,
         stats: CallStats,
-        key: tuple[Any, ...],
     ) -> BaseModel:
+        deadline = shared.deadline  # grows when a later caller joins
         messages = render(prompt, schema, text)
         last: LLMError | None = None
         trying: CircuitBreaker | None = None
+        # A call cut short by a budget under a second says more about the budget than about
+        # the provider: such timeouts are not held against its breaker.
+        judged = deadline.remaining() >= _BREAKER_MIN_BUDGET_S
         try:
             # The shared call's timeouts fire a little after its first caller's deadline:
             # callers stop waiting first and answer their requests, and tearing down the
             # upstream connection happens off their clock. No attempt starts after the deadline.
-            async with asyncio.timeout(deadline.remaining() + _TEARDOWN_GRACE_S):
+            async with asyncio.timeout(deadline.remaining() + _TEARDOWN_GRACE_S) as cm:
+                shared.timeout = cm
                 for provider in self.providers:
                     if deadline.remaining() < _MIN_ATTEMPT_S:
                         break
@@ -309,15 +354,25 @@ class LLMClient:
                     except LLMInvalidOutput as exc:
                         breaker.success()  # the provider works; the model got it wrong
                         last = exc
-                    except (LLMTransportError, LLMTimeout) as exc:
+                    except LLMTransportError as exc:
                         breaker.failure()
                         last = exc
+                    except LLMTimeout as exc:
+                        breaker.failure() if judged else breaker.release_trial()
+                        last = exc
+                    except asyncio.CancelledError:
+                        breaker.release_trial()  # a cut-short trial decides nothing
+                        raise
+                    except Exception:
+                        breaker.failure()  # never leave a half-open breaker stuck
+                        raise
                     else:
                         breaker.success()
                         return result
         except TimeoutError:
             if trying is not None:
-                trying.failure()  # a provider that hangs past the deadline counts as failing
+                # A provider that hangs past a deadline of a second or more is failing.
+                trying.failure() if judged else trying.release_trial()
             last = None
         if last is None:
             raise LLMTimeout("budget exhausted", reason="deadline")
@@ -346,7 +401,9 @@ class LLMClient:
                     request.url,
                     request.headers,
                     request.body,
-                    min(remaining + _TEARDOWN_GRACE_S, provider.timeout_ms / 1000),
+                    # The provider's own cap per attempt; the deadline is enforced around the
+                    # whole call (and moves when a more patient caller joins).
+                    provider.timeout_ms / 1000,
                 )
             except _Retryable as exc:
                 error = LLMTimeout if exc.reason == "provider_timeout" else LLMTransportError
