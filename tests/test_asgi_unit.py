@@ -276,3 +276,38 @@ async def test_sampling_is_deterministic_per_client_key(fault_server: FaultServe
     await app.engine.aclose()
     assert [o == "skipped" for o in first] == [o == "skipped" for o in again]
     assert 8 <= first.count("skipped") <= 32  # about half, decided by the key
+
+
+def _json_app(extra: Message | None = None) -> Any:
+    body = b'{"body": "Llamas are camelids."}'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if extra is not None:
+            await send(extra)
+        else:
+            await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_header_enrichment_keeps_one_content_length(fault_server: FaultServer) -> None:
+    fault_server.default = reply({"summary": "camelids", "tags": []})
+    app = LLMMiddleware(_json_app(), config=make_config(fault_server.url))
+    sent = await collect(app, http_scope("/article-header", method="GET"),
+                         channel({"type": "http.request", "body": b""}))  # fmt: skip
+    await app.engine.aclose()
+    headers = sent[0]["headers"]
+    assert [k for k, _ in headers].count(b"content-length") == 1
+    assert dict(headers)[b"x-llm-summary"] == b'{"summary":"camelids","tags":[]}'
+
+
+async def test_pathsend_follows_the_held_start_message(fault_server: FaultServer) -> None:
+    pathsend = {"type": "http.response.pathsend", "path": "/tmp/file.json"}
+    app = LLMMiddleware(_json_app(pathsend), config=make_config(fault_server.url))
+    sent = await collect(app, http_scope("/article", method="GET"),
+                         channel({"type": "http.request", "body": b""}))  # fmt: skip
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
+    assert fault_server.requests == []

@@ -78,6 +78,13 @@ def test_toml_file(tmp_path: Path) -> None:
          "rules[1].interceptors[0].source"),
         ({"path": "/a", "interceptors": [{"type": "translate"}]}, "rules[1].interceptors[0]"),
         ({"path": "/a", "sample": 2}, "rules[1].sample"),
+        ({"path": "/a", "interceptors": [{"type": "pii_masking", "entities": ["EMAIL"]}]},
+         "no detector for entity types: EMAIL"),
+        ({"path": "/a", "interceptors": [{"type": "pii_masking", "name": "datenschutz-€"}]},
+         "rules[1].interceptors[0].name"),
+        ({"path": "/a", "interceptors": [{"type": "enrichment", "schema": "schemas.Summary",
+                                          "into": "header:X Summary"}]},
+         "rules[1].interceptors[0].into"),
         ({"path": "/a", "interceptors": [{"type": "intent", "schema": "schemas.SearchIntent",
                                           "rewrite": {"price": "query:p"}}]},
          "SearchIntent has no field 'price'"),
@@ -95,6 +102,12 @@ def test_errors_name_the_rule_and_field(rule: dict[str, object], expected: str) 
     assert expected in message
     if not rule["path"].startswith("re:") and rule["path"].startswith("/"):  # type: ignore[union-attr]
         assert f"(rule path {rule['path']!r})" in message
+
+
+def test_provider_url_must_be_http() -> None:
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.base_url: .*not an http"):
+        load_config({"providers": [{"kind": "openai", "base_url": "api.openai.com/v1",
+                                    "model": "m"}]})  # fmt: skip
 
 
 def test_llm_rule_without_provider_is_an_error() -> None:

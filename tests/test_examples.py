@@ -8,7 +8,10 @@ only once per process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,17 +34,29 @@ BUDGET_MS = 300
 SLACK_S = 1.0
 
 RED_SHOES_UNDER_100 = {"category": "shoes", "color": "red", "max_price": 100}
+SUMMARY = {"summary": "How running shoes should fit.", "tags": ["running", "shoes"]}
+EMAIL = "ann@example.com"
+PHONE = "+1 415 555 0132"
 TICKET = {
     "subject": "Late order",
-    "message": "Order 1234 has not arrived yet.",
-    "email": "ann@example.com",
+    "message": f"Order 1234 has not arrived. Write to {EMAIL} or call {PHONE}.",
+    "email": EMAIL,
 }
+# The same address twice gets one placeholder; counts are per occurrence.
+MASKED_TICKET = {
+    "subject": "Late order",
+    "message": "Order 1234 has not arrived. Write to <EMAIL_ADDRESS_1> or call <PHONE_NUMBER_1>.",
+    "email": "<EMAIL_ADDRESS_1>",
+}
+MASKED_COUNTS = {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 1}
 
 
 @dataclass(frozen=True)
 class Shop:
+    kind: str  # "fastapi", "flask", "django" (gunicorn) or "django-asgi" (uvicorn)
     url: str
     llm: FaultServer
+    app: Any = None  # the app object when it runs in this process (FastAPI, Flask)
 
 
 def example_env(provider: FaultServer) -> dict[str, str]:
@@ -54,19 +69,22 @@ def example_env(provider: FaultServer) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_fastapi(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def serve_fastapi(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Any]]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(EXAMPLES / "fastapi_app"))
     from shop_fastapi.app import create_app
 
+    app = create_app()
     # The middleware closes its HTTP client on lifespan shutdown.
-    with serve_asgi_thread(create_app()) as url:
-        yield url
+    with serve_asgi_thread(app) as url:
+        yield url, app
 
 
 @contextlib.contextmanager
-def serve_flask(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def serve_flask(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(EXAMPLES / "flask_app"))
@@ -75,7 +93,7 @@ def serve_flask(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterato
     app = create_app()
     try:
         with serve_wsgi_thread(app) as url:
-            yield url
+            yield url, app
     finally:
         app.extensions["llm_middleware"].engine.close()
 
@@ -114,15 +132,63 @@ def shop(
     request: pytest.FixtureRequest, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Shop]:
     env = example_env(fault_server)
-    server: contextlib.AbstractContextManager[str]
-    if request.param == "fastapi":
-        server = serve_fastapi(env, monkeypatch)
-    elif request.param == "flask":
-        server = serve_flask(env, monkeypatch)
-    else:
-        server = serve_django(env, asgi=request.param == "django-asgi")
-    with server as url:
-        yield Shop(url, fault_server)
+    kind = str(request.param)
+    if kind in ("fastapi", "flask"):
+        serve = serve_fastapi if kind == "fastapi" else serve_flask
+        with serve(env, monkeypatch) as (url, app):
+            yield Shop(kind, url, fault_server, app)
+        return
+    with serve_django(env, asgi=kind == "django-asgi") as url:
+        yield Shop(kind, url, fault_server)
+
+
+def view_output(shop: Shop, path: str) -> bytes:
+    """The body the shop's own view makes for ``GET path``, without the middleware."""
+    if shop.kind == "fastapi":
+        from fastapi import FastAPI
+        from shop_fastapi.app import router
+
+        bare = FastAPI()
+        bare.include_router(router)
+
+        async def get() -> bytes:
+            transport = httpx.ASGITransport(app=bare)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                response = await client.get(path)
+            assert response.status_code == 200
+            return response.content
+
+        return asyncio.run(get())
+    if shop.kind == "flask":
+        from werkzeug.test import Client
+
+        inner = shop.app.extensions["llm_middleware"].app  # Flask's own wsgi_app, unwrapped
+        bare_response = Client(inner).get(path)
+        assert bare_response.status_code == 200
+        return bare_response.get_data()
+    # Django: its test client in a subprocess (settings can be configured once per process),
+    # with the LLM middleware taken out of MIDDLEWARE.
+    script = (
+        "import sys, django\n"
+        "django.setup()\n"
+        "from django.conf import settings\n"
+        "from django.test import Client, override_settings\n"
+        "bare = [m for m in settings.MIDDLEWARE if not m.startswith('llm_middleware.')]\n"
+        "with override_settings(MIDDLEWARE=bare):\n"
+        "    response = Client().get(sys.argv[1], HTTP_HOST='127.0.0.1')\n"
+        "assert response.status_code == 200, response.status_code\n"
+        "sys.stdout.buffer.write(response.content)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, path],
+        cwd=DJANGO_DIR,
+        env={**clean_environ(), "DJANGO_SETTINGS_MODULE": "shop_django.settings"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
 
 
 def search(shop: Shop, **params: str) -> tuple[dict[str, Any], float]:
@@ -138,18 +204,18 @@ def ids(body: dict[str, Any]) -> list[int]:
     return [product["id"] for product in body["results"]]
 
 
-# -- search ---------------------------------------------------------------------------------------
+# -- search: the intent rewritten into the query parameters the legacy view reads -------------
 
 
 @each_shop_and_django_asgi
 def test_search_filters_by_the_intent(shop: Shop) -> None:
     shop.llm.script(reply(RED_SHOES_UNDER_100))
 
-    body, _ = search(shop, q="red shoes under 100")
+    body, _ = search(shop, q="red shoes under 100")  # no filter parameters at all
 
     assert body["llm"]["outcomes"] == {"intent": "ok"}
-    assert body["llm"]["intent"] == RED_SHOES_UNDER_100
-    assert body["filters"] == RED_SHOES_UNDER_100
+    assert body["llm"]["intent"] == RED_SHOES_UNDER_100  # llm.intent_as(SearchIntent)
+    assert body["filters"] == RED_SHOES_UNDER_100  # what the view read from the query
     assert ids(body) == [1, 5]  # the red shoes at most 100
     [sent] = shop.llm.requests
     assert sent.json["model"] == "fake"
@@ -163,6 +229,8 @@ def test_query_parameters_win_over_the_intent(shop: Shop) -> None:
     body, _ = search(shop, q="red shoes under 100", color="black", max_price="150")
 
     assert body["llm"]["outcomes"] == {"intent": "ok"}
+    assert body["llm"]["intent"] == RED_SHOES_UNDER_100
+    # category from the intent; color and max_price as the shopper gave them
     assert body["filters"] == {"category": "shoes", "color": "black", "max_price": 150}
     assert ids(body) == [2]
 
@@ -188,6 +256,7 @@ def test_search_falls_back_when_the_provider_fails(shop: Shop) -> None:
 
     assert body["llm"]["outcomes"] == {"intent": "error"}
     assert body["llm"]["intent"] is None
+    assert body["filters"] == {"category": None, "color": "yellow", "max_price": None}
     assert ids(body) == [7, 8]
     assert elapsed < BUDGET_MS / 1000 + SLACK_S
 
@@ -201,23 +270,31 @@ def test_search_without_q_is_plain_legacy(shop: Shop) -> None:
     assert shop.llm.requests == []
 
 
-# -- tickets --------------------------------------------------------------------------------------
+# -- tickets: personal data masked before the view stores or logs it ----------------------------
 
 
-@each_shop
-def test_ticket_round_trip(shop: Shop) -> None:
+@each_shop_and_django_asgi
+def test_ticket_is_stored_and_logged_masked(shop: Shop, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=f"shop_{shop.kind.partition('-')[0]}")
     with httpx.Client(base_url=shop.url, timeout=10) as client:
         created = client.post("/tickets", json=TICKET)
         assert created.status_code == 201, created.text
         ticket = created.json()
-        assert ticket == {**TICKET, "id": ticket["id"]}
+        assert ticket == {**MASKED_TICKET, "id": ticket["id"], "masked": MASKED_COUNTS}
 
         fetched = client.get(f"/tickets/{ticket['id']}")
         assert fetched.status_code == 200
-        assert fetched.json() == ticket
+        assert fetched.json() == {**MASKED_TICKET, "id": ticket["id"]}
 
         assert client.get("/tickets/999999").status_code == 404
-    assert shop.llm.requests == []  # no rule on /tickets: nothing goes to a provider
+    for raw in (EMAIL, PHONE, "ann@"):
+        assert raw not in created.text + fetched.text
+    assert shop.llm.requests == []  # masking only: nothing on /tickets goes to a provider
+    if shop.app is not None:  # in this process: what the view logged is masked too
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith("shop_")]
+        expected = f"ticket {ticket['id']} from <EMAIL_ADDRESS_1>: {MASKED_TICKET['message']}"
+        assert logged == [expected]
+        assert EMAIL not in caplog.text
 
 
 @each_shop
@@ -227,6 +304,92 @@ def test_invalid_ticket_is_rejected(shop: Shop) -> None:
     )
     assert response.status_code in (400, 422)  # 422: FastAPI's convention
     assert "email" in response.text
+    assert EMAIL not in response.text  # the error page echoes the masked input, if any
+
+
+# -- articles: a summary added to the JSON response the view made ------------------------------
+
+
+def get_article(shop: Shop, path: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.get(shop.url + path, timeout=10)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    return response, elapsed
+
+
+@each_shop_and_django_asgi
+def test_article_is_enriched_with_a_summary(shop: Shop) -> None:
+    shop.llm.script(reply(SUMMARY))
+
+    response, _ = get_article(shop, "/articles/1")
+
+    article = response.json()
+    assert article.pop("summary") == SUMMARY
+    assert article == json.loads(view_output(shop, "/articles/1"))
+    assert article["id"] == 1 and article["title"] == "Choosing running shoes"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["content-type"].startswith("application/json")
+    [sent] = shop.llm.requests
+    assert "thumb's width" in sent.json["messages"][-1]["content"]  # the article's body
+
+
+@each_shop_and_django_asgi
+def test_article_is_untouched_when_the_provider_hangs(shop: Shop) -> None:
+    shop.llm.default = hang_before_headers()
+
+    response, elapsed = get_article(shop, "/articles/2")
+
+    assert response.content == view_output(shop, "/articles/2")  # byte for byte
+    assert "summary" not in response.json()
+    assert response.headers["content-length"] == str(len(response.content))
+    assert elapsed < BUDGET_MS / 1000 + SLACK_S
+    assert shop.llm.wait_for_requests(1)  # it was tried, and given up on
+
+
+@each_shop
+def test_missing_article_is_a_plain_404(shop: Shop) -> None:
+    shop.llm.default = reply(SUMMARY)
+
+    response = httpx.get(f"{shop.url}/articles/999", timeout=10)
+
+    assert response.status_code == 404
+    assert "summary" not in response.text
+    assert shop.llm.requests == []  # error responses are not enriched
+
+
+# -- a broken configuration stops start-up -------------------------------------------------------
+
+
+def test_fastapi_config_is_validated_when_the_app_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm_middleware import ConfigError
+
+    monkeypatch.setenv("LLM_BUDGET_MS", str(BUDGET_MS))  # the module builds an app on import
+    monkeypatch.syspath_prepend(str(EXAMPLES / "fastapi_app"))
+    from shop_fastapi.app import create_app
+
+    monkeypatch.setenv("LLM_BUDGET_MS", "0")
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.budget_ms"):
+        create_app()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_point", ["shop_django.wsgi", "shop_django.asgi"])
+def test_django_refuses_to_start_with_a_broken_rule(entry_point: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {entry_point}"],
+        cwd=DJANGO_DIR,
+        env={**clean_environ(), "LLM_BUDGET_MS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "ImproperlyConfigured" in result.stderr
+    assert "rules[0].budget_ms" in result.stderr
 
 
 # -- Django system checks -------------------------------------------------------------------------

@@ -137,3 +137,88 @@ def test_log_scrubber_hides_masked_values_in_app_logs(
     assert app_events[0]["nested"] == {"who": ["Jane <[REDACTED]>"]}
     assert EMAIL not in repr([e for e in scrubbed_logs if e["event"] != "after the request"])
     assert scrubbed_logs[-1]["contact"] == EMAIL
+
+
+def test_sensitive_json_fields_never_reach_the_provider(
+    fault_server: FaultServer,
+) -> None:
+    # Intent reads a JSON object whose fields are secrets by name (no detector would flag
+    # "hunter2"); only the query string is masked on this rule, yet the provider gets
+    # placeholders for them.
+    from llm_middleware import LLMMiddleware
+
+    fault_server.default = reply({"category": "shoes"})
+    config = {
+        "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m"}],
+        "rules": [{"path": "/signup", "interceptors": [
+            {"type": "pii_masking", "targets": ["query"]},
+            {"type": "intent", "schema": "schemas.SearchIntent", "source": "json:/user"},
+        ]}],
+    }  # fmt: skip
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["body"])
+
+    middleware = LLMMiddleware(app, config=config)
+    body = json.dumps({"user": {"name": "Jo", "password": "hunter2-Secret",
+                                "ssn": "078051120", "api_token": "abc"}}).encode()  # fmt: skip
+    scope = {"type": "http", "method": "POST", "path": "/signup", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
+
+    async def run() -> None:
+        queue = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Any:
+            return queue.pop(0)
+
+        await middleware(scope, receive, None)  # type: ignore[arg-type]
+        await middleware.engine.aclose()
+
+    import asyncio
+
+    asyncio.run(run())
+    sent = _sent_to_provider(fault_server)
+    assert seen == [body]  # the body itself was not a masking target here
+    for secret in ("hunter2", "078051120", '"abc"'):
+        assert secret not in sent
+    assert "<SECRET_1>" in sent
+
+
+def test_large_body_masking_respects_the_budget(fault_server: FaultServer) -> None:
+    # Masking a large body is CPU work off the event loop, bounded by the rule's budget: past
+    # it the request goes on as it came and nothing is sent to the provider.
+    from llm_middleware import LLMMiddleware
+
+    config = make_config(fault_server.url, budget_ms=20, max_body_bytes=4_000_000)
+    results: list[Any] = []
+    body = json.dumps({"message": " ".join(f"user{i}@example.com" for i in range(60_000))})
+    raw = body.encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        results.append((scope["state"]["llm"], (await receive())["body"]))
+
+    middleware = LLMMiddleware(app, config=config)
+    scope = {"type": "http", "method": "POST", "path": "/pii-echo", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(raw)).encode())]}  # fmt: skip
+
+    async def run() -> None:
+        queue = [{"type": "http.request", "body": raw, "more_body": False}]
+
+        async def receive() -> Any:
+            return queue.pop(0)
+
+        await middleware(scope, receive, None)  # type: ignore[arg-type]
+
+    import asyncio
+
+    asyncio.run(run())
+    result, seen = results[0]
+    assert result.outcomes == {"pii_masking": "skipped", "intent": "skipped"}
+    assert result.reasons == {"pii_masking": "too_large_for_budget",
+                              "intent": "pii_masking_failed"}  # fmt: skip
+    assert seen == raw
+    assert result.added_ms <= 20 + 5
+    assert fault_server.requests == []

@@ -49,3 +49,11 @@ def test_no_rewrite_when_the_llm_fails(serve: Serve, fault_server: FaultServer) 
                           headers={"content-type": "application/json"}).json()  # fmt: skip
     assert query["query"] == {"q": "red shoes"} and query["outcomes"] == {"intent": "timeout"}
     assert body["body"] == raw.decode() and body["outcomes"] == {"intent": "timeout"}
+
+
+def test_rewrite_keeps_the_clients_bytes(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.default = reply(GOOD)
+    with serve() as base:
+        data = httpx.get(base + "/rewrite-search?q=red+shoes&name=caf%C3%A9&page=2").json()
+    assert data["query"] == {"q": "red shoes", "name": "café", "page": "2", "max_price": "100",
+                             "category": "shoes"}  # fmt: skip

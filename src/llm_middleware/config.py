@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,6 +38,25 @@ HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 _SOURCE_RE = re.compile(r"^(query:.+|form:.+|json:(/.*)?|header:.+|body)$")
+# RFC 9110 token: what a header name (and an interceptor name, which goes into Server-Timing)
+# may contain.
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_token(value: str | None) -> str | None:
+    if value is not None and not _TOKEN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid name: letters, digits and -._~ only")
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{value!r} is not an http(s):// URL")
+    return value
+
+
+Name = Annotated[str | None, AfterValidator(_check_token)]
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
 
 
 class ConfigError(ValueError):
@@ -81,7 +101,7 @@ class OpenAICompatible(_Model):
     """An OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM)."""
 
     kind: Literal["openai"] = "openai"
-    base_url: str
+    base_url: HttpUrl
     model: str
     api_key_env: str | None = None
     # "json_schema": response_format={"type": "json_schema", ...} (OpenAI, vLLM, Ollama).
@@ -106,7 +126,7 @@ class Anthropic(_Model):
     """Anthropic Messages API; structured output through a tool with an input schema."""
 
     kind: Literal["anthropic"] = "anthropic"
-    base_url: str = "https://api.anthropic.com"
+    base_url: HttpUrl = "https://api.anthropic.com"
     model: str
     api_key_env: str | None = "ANTHROPIC_API_KEY"
     anthropic_version: str = "2023-06-01"
@@ -139,7 +159,7 @@ class Prompt(_Model):
 
 class IntentExtraction(_Model):
     type: Literal["intent"] = "intent"
-    name: str | None = None
+    name: Name = None
     schema_: SchemaClass = Field(alias="schema")
     source: str = "query:q"
     prompt: Prompt | None = None
@@ -171,8 +191,22 @@ class IntentExtraction(_Model):
 
 class PIIMasking(_Model):
     type: Literal["pii_masking"] = "pii_masking"
-    name: str | None = None
+    name: Name = None
     entities: list[str] | None = None
+
+    @field_validator("entities")
+    @classmethod
+    def _check_entities(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from .pii import PIIDetector
+
+        try:
+            PIIDetector(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     strategy: Literal["placeholder", "redact", "hash", "partial"] = "placeholder"
     salt_env: str | None = None
     targets: list[Literal["query", "body", "response"]] = ["query", "body"]
@@ -180,7 +214,7 @@ class PIIMasking(_Model):
 
 class ResponseEnrichment(_Model):
     type: Literal["enrichment"] = "enrichment"
-    name: str | None = None
+    name: Name = None
     schema_: SchemaClass = Field(alias="schema")
     source: str = "json:"
     into: str = "json:/llm"
@@ -201,7 +235,9 @@ class ResponseEnrichment(_Model):
     @field_validator("into")
     @classmethod
     def _check_into(cls, value: str) -> str:
-        if not (value.startswith("json:/") or (value.startswith("header:") and len(value) > 7)):
+        if value.startswith("header:") and _TOKEN_RE.match(value[7:]):
+            return value
+        if not value.startswith("json:/"):
             raise ValueError(f"{value!r}: write into json:/pointer or header:NAME")
         return value
 

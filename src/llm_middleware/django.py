@@ -9,6 +9,7 @@ awaited directly, with no thread hop.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,14 +42,18 @@ class _EngineFromSettings:
     def __init__(self) -> None:
         self._source: Any = None
         self._engine: Engine | None = None
+        self._lock = threading.Lock()
 
     def get(self) -> Engine:
         source = getattr(settings, "LLM_MIDDLEWARE", None)
         engine = self._engine
-        if engine is None or source is not self._source:
-            engine = Engine(source)
-            self._source, self._engine = source, engine
-        return engine
+        if engine is not None and source is self._source:
+            return engine
+        with self._lock:  # request threads racing to build one engine
+            if self._engine is None or source is not self._source:
+                self._engine = Engine(source)
+                self._source = source
+            return self._engine
 
 
 engine_from_settings = _EngineFromSettings()

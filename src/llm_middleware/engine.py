@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import (
     Config,
+    ConfigError,
     IntentExtraction,
     PIIMasking,
     ResponseEnrichment,
@@ -92,7 +93,14 @@ class Engine:
                 base = cfg.name or cfg.type
                 seen[base] = seen.get(base, 0) + 1
                 name = base if seen[base] == 1 else f"{base}#{seen[base]}"
-                interceptors.append(build_interceptor(cfg, name))
+                try:
+                    interceptors.append(build_interceptor(cfg, name))
+                except (ValueError, TypeError, ImportError) as exc:
+                    where = f"rules[{index}].interceptors[{len(interceptors)}]"
+                    raise ConfigError(
+                        f"invalid LLM_MIDDLEWARE configuration:\n  {where}: {exc}",
+                        [(where, str(exc))],
+                    ) from None
             methods = frozenset(rule.methods) if rule.methods is not None else None
             rules.append((rule.path, methods, CompiledRule(index, rule, interceptors, self.config)))
         self.router: Router[CompiledRule] = Router(rules)
@@ -149,10 +157,10 @@ class Engine:
         result.added_ms = deadline.elapsed_ms()
         if rule.needs_response and result.context is not None:
             return result  # logged once the response side is done (finish_response)
-        self._log(rule, exchange.method, result, stats)
+        self.log(rule, exchange.method, result, stats)
         return result
 
-    def _log(self, rule: CompiledRule, method: str, result: LLMResult, stats: CallStats) -> None:
+    def log(self, rule: CompiledRule, method: str, result: LLMResult, stats: CallStats) -> None:
         try:
             log_request(rule=rule.label, method=method, mode=rule.mode, result=result, stats=stats)
         except Exception as exc:
@@ -198,7 +206,7 @@ class Engine:
                 result.outcomes.setdefault(icpt.name, "skipped")
                 result.reasons.setdefault(icpt.name, skip_reason)
         result.context = None
-        self._log(rule, method, result, ctx.stats)
+        self.log(rule, method, result, ctx.stats)
 
     async def process_response(
         self, rule: CompiledRule, result: LLMResult, response: ResponseExchange

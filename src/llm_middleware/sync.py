@@ -6,6 +6,7 @@ from .bridge import BACKGROUND
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
+from .llm import CallStats
 from .result import LLMResult
 
 # The engine ends its own waits at the deadline; this is the backstop if it does not.
@@ -28,6 +29,7 @@ def process_request_sync(
         for icpt in rule.interceptors:
             result.record(icpt.name, "timeout", "deadline")
         result.added_ms = deadline.elapsed_ms()
+        engine.log(rule, exchange.method, result, CallStats())  # the cancelled run cannot
         return result, None, None
     return result, exchange.new_body, exchange.new_query_string
 

@@ -155,9 +155,14 @@ class _ResponseSide:
         self.status, self.headers = status, headers
         head = Headers(headers)
         declared = head.get("content-length")
-        reason = self.engine.response_skip_reason(
-            self.rule, self.result, self.method, int(status.split(" ", 1)[0]), head,
-            int(declared) if declared and declared.isdigit() else None,
+        code = status.split(" ", 1)[0]
+        reason = (
+            self.engine.response_skip_reason(
+                self.rule, self.result, self.method, int(code), head,
+                int(declared) if declared and declared.isdigit() else None,
+            )
+            if code.isdigit()
+            else "bad_status_line"
         )  # fmt: skip
         if reason is None and not (declared and declared.isdigit()):
             reason = "streaming_response"

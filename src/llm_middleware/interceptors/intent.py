@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus, urlencode
 
 from pydantic import BaseModel
 
@@ -36,7 +36,9 @@ class IntentInterceptor:
         self.schema = config.schema_
         self.prompt = config.prompt or default_prompt(self.schema, "intent")
         schema_json(self.schema)  # built once at start-up, not on the first request
-        self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body")
+        self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body") or any(
+            target.startswith("json:") for target in config.rewrite.values()
+        )
 
     def accepts(self, content_type: str) -> bool:
         return False
@@ -83,13 +85,19 @@ def rewrite_request(
         else:
             json_updates[where] = value
     if query_updates:
-        pairs = parse_qsl(exchange.current_query_string, keep_blank_values=True)
-        present = {k for k, _ in pairs}
-        if overwrite:
-            pairs = [(k, v) for k, v in pairs if k not in query_updates]
-        added = [(k, v) for k, v in query_updates.items() if overwrite or k not in present]
+        # Edit the raw query string: the client's pairs keep their exact bytes.
+        raw = exchange.current_query_string
+        kept: list[str] = []
+        present: set[str] = set()
+        for part in raw.split("&") if raw else []:
+            name = unquote_plus(part.split("=", 1)[0], errors="replace")
+            if overwrite and name in query_updates:
+                continue
+            present.add(name)
+            kept.append(part)
+        added = {k: v for k, v in query_updates.items() if k not in present}
         if added:
-            exchange.new_query_string = urlencode(pairs + added)
+            exchange.new_query_string = "&".join([*kept, urlencode(added)])
     if json_updates:
         document = copy.deepcopy(exchange.body_json())
         changed = False
