@@ -29,6 +29,17 @@ WSGI_APPLICATION = "shop_django.wsgi.application"
 TIME_ZONE = "UTC"
 USE_TZ = True
 
+# Ticket views log at INFO: shown on the console (with the addresses already masked).
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"shop_django": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# Lower case: not a Django setting, just a value shared by the rules below.
+llm_budget_ms = int(os.environ.get("LLM_BUDGET_MS", "6000"))
+
 LLM_MIDDLEWARE = {
     "providers": [
         {
@@ -43,7 +54,7 @@ LLM_MIDDLEWARE = {
         {
             "path": "/search",
             "methods": ["GET"],
-            "budget_ms": int(os.environ.get("LLM_BUDGET_MS", "6000")),
+            "budget_ms": llm_budget_ms,
             "interceptors": [
                 {
                     "type": "intent",
@@ -52,9 +63,33 @@ LLM_MIDDLEWARE = {
                         "LLM_SEARCH_SCHEMA", "shop_django.intents.SearchIntent"
                     ),
                     "source": "query:q",
+                    # Intent fields -> the query parameters the legacy view reads (request.GET).
+                    "rewrite": {
+                        "category": "query:category",
+                        "color": "query:color",
+                        "max_price": "query:max_price",
+                    },
                 }
             ],
         },
-        # POST /tickets has no rule yet: it passes through untouched.
+        {
+            # No LLM here: masking only, before the view sees request.body.
+            "path": "/tickets",
+            "methods": ["POST"],
+            "interceptors": [{"type": "pii_masking"}],
+        },
+        {
+            "path": "/articles/{id:int}",
+            "methods": ["GET"],
+            "budget_ms": llm_budget_ms,
+            "interceptors": [
+                {
+                    "type": "enrichment",
+                    "schema": "shop_django.intents.Summary",
+                    "source": "json:/body",
+                    "into": "json:/summary",
+                }
+            ],
+        },
     ],
 }

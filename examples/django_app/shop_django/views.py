@@ -1,8 +1,10 @@
-"""Plain Django views; the only LLM-specific code reads ``request.llm`` in :func:`search`."""
+"""Plain Django views. The LLM-specific code only reads ``request.llm`` to report it: the views
+would work the same without it."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
 from django.http import Http404, HttpRequest, JsonResponse
@@ -11,34 +13,28 @@ from django.views.decorators.http import require_GET, require_POST
 
 from llm_middleware import LLMResult
 
+from .articles import ARTICLES
 from .catalog import search_products
 from .forms import SearchForm, TicketForm
 from .intents import SearchIntent
 from .tickets import store
 
-
-def search_intent(llm: LLMResult | None) -> SearchIntent | None:
-    """The intent behind ``q``, or ``None`` when the LLM was late, failed or ``q`` is absent."""
-    intent = llm.intent if llm is not None else None
-    return intent if isinstance(intent, SearchIntent) else None
+logger = logging.getLogger(__name__)
 
 
 @require_GET
 def search(request: HttpRequest) -> JsonResponse:
+    # The legacy search: it filters by request.GET and nothing else. The middleware writes the
+    # intent behind q into category, color and max_price when the shopper left them out, so
+    # the parameters it gave win and a late or failed LLM changes nothing.
     form = SearchForm(request.GET)
     if not form.is_valid():
         return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     category = form.cleaned_data["category"]
     color = form.cleaned_data["color"]
     max_price = form.cleaned_data["max_price"]
-    # Explicit query parameters win; the intent only fills in what the shopper did not give.
     llm: LLMResult | None = getattr(request, "llm", None)  # set by the middleware on /search
-    intent = search_intent(llm)
-    if intent is not None:
-        category = category if category is not None else intent.category
-        color = color if color is not None else intent.color
-        max_price = max_price if max_price is not None else intent.max_price
-
+    intent = llm.intent_as(SearchIntent) if llm is not None else None
     return JsonResponse(
         {
             "q": form.cleaned_data["q"],
@@ -61,6 +57,8 @@ def search(request: HttpRequest) -> JsonResponse:
 @csrf_exempt  # a JSON API for non-browser clients: there is no CSRF cookie to check
 @require_POST
 def create_ticket(request: HttpRequest) -> JsonResponse:
+    # The middleware masked personal data in the body before it got here: what is stored
+    # and logged holds <EMAIL_ADDRESS_1>, <PHONE_NUMBER_1>... instead.
     try:
         payload = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -69,7 +67,10 @@ def create_ticket(request: HttpRequest) -> JsonResponse:
     if not form.is_valid():
         return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     ticket = store.add(**form.cleaned_data)
-    return JsonResponse(asdict(ticket), status=201)
+    logger.info("ticket %d from %s: %s", ticket.id, ticket.email, ticket.message)
+    llm: LLMResult | None = getattr(request, "llm", None)
+    masked = llm.pii if llm is not None else {}
+    return JsonResponse({**asdict(ticket), "masked": masked}, status=201)
 
 
 @require_GET
@@ -78,3 +79,12 @@ def ticket_detail(request: HttpRequest, ticket_id: int) -> JsonResponse:
     if ticket is None:
         raise Http404("no such ticket")
     return JsonResponse(asdict(ticket))
+
+
+@require_GET
+def article_detail(request: HttpRequest, article_id: int) -> JsonResponse:
+    # Knows nothing of the summary: the middleware adds it to the JSON this returns.
+    article = ARTICLES.get(article_id)
+    if article is None:
+        raise Http404("no such article")
+    return JsonResponse(article.model_dump())

@@ -8,6 +8,7 @@ from typing import Any
 
 def llm_middleware_settings() -> dict[str, Any]:
     """``app.config["LLM_MIDDLEWARE"]``: the same keys as Django's ``LLM_MIDDLEWARE`` setting."""
+    budget_ms = int(os.environ.get("LLM_BUDGET_MS", "6000"))
     return {
         "providers": [
             {
@@ -22,15 +23,39 @@ def llm_middleware_settings() -> dict[str, Any]:
             {
                 "path": "/search",
                 "methods": ["GET"],
-                "budget_ms": int(os.environ.get("LLM_BUDGET_MS", "6000")),
+                "budget_ms": budget_ms,
                 "interceptors": [
                     {
                         "type": "intent",
                         "schema": "shop_flask.intents.SearchIntent",
                         "source": "query:q",
+                        # Intent fields -> the query parameters the legacy view reads.
+                        "rewrite": {
+                            "category": "query:category",
+                            "color": "query:color",
+                            "max_price": "query:max_price",
+                        },
                     }
                 ],
             },
-            # POST /tickets has no rule yet: it passes through untouched.
+            {
+                # No LLM here: masking only, before the view sees the body.
+                "path": "/tickets",
+                "methods": ["POST"],
+                "interceptors": [{"type": "pii_masking"}],
+            },
+            {
+                "path": "/articles/{id:int}",
+                "methods": ["GET"],
+                "budget_ms": budget_ms,
+                "interceptors": [
+                    {
+                        "type": "enrichment",
+                        "schema": "shop_flask.intents.Summary",
+                        "source": "json:/body",
+                        "into": "json:/summary",
+                    }
+                ],
+            },
         ],
     }

@@ -1,4 +1,5 @@
-"""What the LLM extracts from free-text searches; the view reads it from ``flask.g.llm``."""
+"""What the LLM produces, as pydantic models: the intent behind a free-text search (request
+side) and the summary added to an article (response side)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from pydantic import BaseModel, Field
 class SearchIntent(BaseModel):
     """A shopper's product search."""
 
-    category: str | None = Field(default=None, description="kind of product, e.g. shoes, hat")
-    color: str | None = Field(default=None, description="colour, e.g. red")
+    # Rewritten into the query string the legacy view reads: the same limits as its parameters,
+    # so that a value the view would refuse is an invalid intent and is never written.
+    category: str | None = Field(
+        default=None, max_length=50, description="kind of product, e.g. shoes, hat"
+    )
+    color: str | None = Field(default=None, max_length=50, description="colour, e.g. red")
     max_price: float | None = Field(default=None, ge=0, description="highest price in dollars")
+
+
+class Summary(BaseModel):
+    """A short summary of an article and its topics."""
+
+    summary: str = Field(min_length=1, max_length=500, description="one or two sentences")
+    tags: list[str] = Field(max_length=8, description="a few lower-case topic words")

@@ -1,7 +1,9 @@
-"""Plain Flask views; the only LLM-specific code reads ``flask.g.llm`` in :func:`search`."""
+"""Plain Flask views. The LLM-specific code only reads ``flask.g.llm`` to report it: the views
+would work the same without it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, abort, g, request
@@ -9,32 +11,25 @@ from pydantic import ValidationError
 
 from llm_middleware import LLMResult
 
+from .articles import ARTICLES
 from .catalog import search_products
 from .intents import SearchIntent
 from .tickets import TicketIn, store
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("shop", __name__)
-
-
-def search_intent(llm: LLMResult | None) -> SearchIntent | None:
-    """The intent behind ``q``, or ``None`` when the LLM was late, failed or ``q`` is absent."""
-    intent = llm.intent if llm is not None else None
-    return intent if isinstance(intent, SearchIntent) else None
 
 
 @bp.get("/search")
 def search() -> dict[str, Any]:
+    # The legacy search: it filters by the query parameters and nothing else. The middleware
+    # writes the intent behind q into category, color and max_price when the shopper left
+    # them out, so the parameters it gave win and a late or failed LLM changes nothing.
     category = request.args.get("category")
     color = request.args.get("color")
     max_price = request.args.get("max_price", type=float)
-    # Explicit query parameters win; the intent only fills in what the shopper did not give.
     llm: LLMResult | None = g.get("llm")  # set by the middleware; None on paths without a rule
-    intent = search_intent(llm)
-    if intent is not None:
-        category = category if category is not None else intent.category
-        color = color if color is not None else intent.color
-        max_price = max_price if max_price is not None else intent.max_price
-
+    intent = llm.intent_as(SearchIntent) if llm is not None else None
     return {
         "q": request.args.get("q"),
         "filters": {"category": category, "color": color, "max_price": max_price},
@@ -54,13 +49,18 @@ def search() -> dict[str, Any]:
 
 @bp.post("/tickets")
 def create_ticket() -> tuple[dict[str, Any], int]:
+    # The middleware masked personal data in the body before it got here: what is stored
+    # and logged holds <EMAIL_ADDRESS_1>, <PHONE_NUMBER_1>... instead.
     try:
         data = TicketIn.model_validate(request.get_json())
     except ValidationError as exc:
         return {
             "errors": exc.errors(include_url=False, include_context=False, include_input=False)
         }, 400
-    return store.add(data).model_dump(), 201
+    ticket = store.add(data)
+    logger.info("ticket %d from %s: %s", ticket.id, ticket.email, ticket.message)
+    llm: LLMResult | None = g.get("llm")
+    return {**ticket.model_dump(), "masked": llm.pii if llm is not None else {}}, 201
 
 
 @bp.get("/tickets/<int:ticket_id>")
@@ -69,3 +69,12 @@ def get_ticket(ticket_id: int) -> dict[str, Any]:
     if ticket is None:
         abort(404)
     return ticket.model_dump()
+
+
+@bp.get("/articles/<int:article_id>")
+def get_article(article_id: int) -> dict[str, Any]:
+    # Knows nothing of the summary: the middleware adds it to the JSON this returns.
+    article = ARTICLES.get(article_id)
+    if article is None:
+        abort(404)
+    return article.model_dump()
