@@ -222,3 +222,45 @@ def test_large_body_masking_respects_the_budget(fault_server: FaultServer) -> No
     assert seen == raw
     assert result.added_ms <= 20 + 5
     assert fault_server.requests == []
+
+
+def test_keep_fields_reach_the_app_but_not_the_provider(fault_server: FaultServer) -> None:
+    # The view must validate and use "email" (a placeholder would fail its EmailField);
+    # the free-text "message" is masked, and the provider still sees neither value.
+    import asyncio
+
+    from llm_middleware import LLMMiddleware
+
+    fault_server.default = reply({"category": "shoes"})
+    config = {
+        "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m"}],
+        "rules": [{"path": "/tickets", "interceptors": [
+            {"type": "pii_masking", "keep_fields": ["email"]},
+            {"type": "intent", "schema": "schemas.SearchIntent", "source": "json:"},
+        ]}],
+    }  # fmt: skip
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["body"])
+
+    middleware = LLMMiddleware(app, config=config)
+    body = json.dumps({"email": EMAIL, "message": f"I am {EMAIL}, call {PHONE}"}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/tickets", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
+
+    async def run() -> None:
+        queue = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Any:
+            return queue.pop(0)
+
+        await middleware(scope, receive, None)  # type: ignore[arg-type]
+        await middleware.engine.aclose()
+
+    asyncio.run(run())
+    got = json.loads(seen[0])
+    assert got == {"email": EMAIL, "message": "I am <EMAIL_ADDRESS_1>, call <PHONE_NUMBER_1>"}
+    sent = _sent_to_provider(fault_server)
+    assert EMAIL not in sent and "jane.doe" not in sent

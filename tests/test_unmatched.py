@@ -111,7 +111,7 @@ def test_django_unmatched_body_is_not_read(fault_server: FaultServer) -> None:
     request = RequestFactory().post("/elsewhere", b"{}", content_type="application/json")
     with override_settings(LLM_MIDDLEWARE=make_config(fault_server.url)):
         DjangoMiddleware(lambda r: r)(request)
-    assert request._read_started is False and not hasattr(request, "llm")
+    assert request._read_started is False and request.llm is None
 
 
 @pytest.mark.parametrize("budget_ms", [150])

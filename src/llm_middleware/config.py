@@ -208,6 +208,9 @@ class PIIMasking(_Model):
         return value
 
     strategy: Literal["placeholder", "redact", "hash", "partial"] = "placeholder"
+    # Field names (JSON keys at any depth, form and query fields) whose values reach the app
+    # unmasked, e.g. an "email" the view must validate and use. Still masked for providers.
+    keep_fields: list[str] = Field(default_factory=list)
     salt_env: str | None = None
     targets: list[Literal["query", "body", "response"]] = ["query", "body"]
 

@@ -211,6 +211,7 @@ def run_demo(
     budget_ms: int,
 ) -> int:
     started = time.monotonic()
+    _stop_on_sigterm()
     with contextlib.ExitStack() as stack:
         if provider_url is None:
             print("starting the local model (SmolLM2-135M via llama.cpp) on loopback ...")
@@ -248,8 +249,18 @@ def run_demo(
     return 1
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a process manager, `kill`) stops the demo as cleanly as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def serve_model(port: int) -> int:
     """``llm-middleware serve-model``: the local model alone, for the example apps."""
+    _stop_on_sigterm()
     with local_llm_server(port) as url:
         print(f"SmolLM2-135M (llama.cpp, OpenAI-compatible) at {url}; Ctrl-C stops it.")
         try:

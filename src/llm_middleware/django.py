@@ -131,6 +131,7 @@ class LLMMiddleware:
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
         if hasattr(request, "llm"):  # listed twice in MIDDLEWARE
             return None
+        request.llm = None  # views read request.llm on every path, matched or not
         try:
             engine = engine_from_settings.get()
             rule = engine.match(request.method or "GET", request.path_info)
@@ -145,7 +146,6 @@ class LLMMiddleware:
                 headers,
                 client_key=engine.client_key(headers, request.META.get("REMOTE_ADDR")),
             )
-            request.llm = None
             if rule.needs_body:
                 _read_body(request, exchange, rule.max_body_bytes)
         except Exception as exc:

@@ -35,6 +35,12 @@ class LLMMiddleware:
         app.extensions[EXTENSION_KEY] = middleware
         app.before_request(_expose_result)
 
+    def close(self, app: flask.Flask) -> None:
+        """Close the LLM clients (a shutdown hook, tests)."""
+        middleware = app.extensions.get(EXTENSION_KEY)
+        if middleware is not None:
+            middleware.engine.close()
+
 
 def _expose_result() -> None:
     flask.g.llm = flask.request.environ.get(RESULT_KEY)

@@ -45,6 +45,10 @@ class LLMWSGIMiddleware:
         finally:
             reset_request_pii(token)
 
+    def close(self) -> None:
+        """Close the LLM clients (a server's shutdown hook, tests)."""
+        self.engine.close()
+
     def _before(self, rule: CompiledRule, environ: dict[str, Any]) -> None:
         deadline = Deadline(rule.budget_s)
         headers = environ_headers(environ)

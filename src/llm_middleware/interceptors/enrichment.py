@@ -16,6 +16,14 @@ from ..exchange import (
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
 
+
+def dumps_like(document: object, original: bytes) -> bytes:
+    """Serialise in the original's style: compact stays compact (FastAPI, Starlette)."""
+    compact = b", " not in original and b": " not in original
+    separators = (",", ":") if compact else (", ", ": ")
+    return json.dumps(document, ensure_ascii=False, separators=separators).encode()
+
+
 # Long documents are cut, not refused: a summary of the first 12k characters beats none.
 MAX_INPUT_CHARS = 12_000
 
@@ -71,7 +79,7 @@ class EnrichmentInterceptor:
             )
         else:
             json_pointer_set(document, self.target, obj.model_dump(mode="json"), overwrite=True)
-            response.new_body = json.dumps(document, ensure_ascii=False).encode()
+            response.new_body = dumps_like(document, response.body)
             response._json = (response.new_body, document)
         ctx.result.enrichments[self.name] = obj
         if ctx.result.enrichment is None:

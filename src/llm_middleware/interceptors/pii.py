@@ -52,7 +52,11 @@ class PIIInterceptor:
         self.detector = PIIDetector(config.entities)
         self.strategy = config.strategy
         self.salt = (os.environ.get(config.salt_env, "") if config.salt_env else "").encode()
-        self._kwargs: dict[str, Any] = {"strategy": config.strategy, "salt": self.salt}
+        self._kwargs: dict[str, Any] = {
+            "strategy": config.strategy,
+            "salt": self.salt,
+            "keep_keys": frozenset(config.keep_fields),
+        }
         self.mask_query = "query" in config.targets
         self.mask_body = "body" in config.targets
         self.needs_body = self.mask_body
@@ -136,7 +140,7 @@ class PIIInterceptor:
         if form and kind == "application/x-www-form-urlencoded":
             masked = mask_form(text, self.detector, vault, **self._kwargs)
         elif kind.startswith("text/") or not kind:
-            masked = mask_text(text, self.detector, vault, **self._kwargs)
+            masked = mask_text(text, self.detector, vault, self.strategy, self.salt)
         else:
             raise SourceError("unsupported_content_type", kind)
         return masked.encode(charset) if masked != text else None

@@ -259,11 +259,13 @@ def mask_json(
     strategy: MaskStrategy = "placeholder",
     salt: bytes = b"",
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
+    keep_keys: frozenset[str] = frozenset(),
 ) -> object:
     """Return a masked copy of a decoded JSON value; keys are kept unchanged.
 
     Strings are masked by the detector. A value under a sensitive key (see
-    :data:`DEFAULT_SENSITIVE_KEYS`) is masked whole, strings and numbers alike.
+    :data:`DEFAULT_SENSITIVE_KEYS`) is masked whole, strings and numbers alike. A value under
+    a key in ``keep_keys`` (exact name, any depth) is left as it is.
     """
     rules = _KeyRules(sensitive_keys)
 
@@ -273,6 +275,9 @@ def mask_json(
         if isinstance(node, dict):
             out: dict[object, object] = {}
             for key, value in node.items():
+                if key in keep_keys:
+                    out[key] = value
+                    continue
                 entity = rules.entity_for(key)
                 out[key] = (
                     walk(value)
@@ -296,10 +301,12 @@ def mask_form(
     strategy: MaskStrategy = "placeholder",
     salt: bytes = b"",
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
+    keep_keys: frozenset[str] = frozenset(),
 ) -> str:
     """Mask an ``application/x-www-form-urlencoded`` body field by field.
 
     Only the pairs whose value changes are re-encoded; every other byte is kept as it was.
+    Fields named in ``keep_keys`` are left as they are.
     """
     if not body:
         return body
@@ -312,7 +319,10 @@ def mask_form(
             continue
         # Same decoding as urllib.parse.parse_qsl(keep_blank_values=True).
         value = unquote_plus(raw_value, errors="replace")
-        entity = rules.entity_for(unquote_plus(raw_name, errors="replace"))
+        name = unquote_plus(raw_name, errors="replace")
+        if name in keep_keys:
+            continue
+        entity = rules.entity_for(name)
         if entity is None:
             masked = mask_text(value, detector, vault, strategy, salt)
         else:
@@ -330,6 +340,7 @@ def mask_query(
     strategy: MaskStrategy = "placeholder",
     salt: bytes = b"",
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
+    keep_keys: frozenset[str] = frozenset(),
 ) -> str:
     """Mask a URL query string (without the leading ``?``); same rules as :func:`mask_form`."""
-    return mask_form(query_string, detector, vault, strategy, salt, sensitive_keys)
+    return mask_form(query_string, detector, vault, strategy, salt, sensitive_keys, keep_keys)
