@@ -510,3 +510,24 @@ def article_wsgi(environ: dict[str, Any], start_response: Any) -> Any:
     if len(chunks) > 1:
         return iter(chunks)  # a generator-like iterable: streamed
     return chunks
+
+
+def post_asgi(middleware: Any, path: str, body: bytes, content_type: str) -> None:
+    """Drive an ASGI middleware with one complete POST, directly (no server), then close its
+    HTTP client on the same loop."""
+    import asyncio
+
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+             "headers": [(b"content-type", content_type.encode()),
+                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
+
+    async def run() -> None:
+        queue = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Any:
+            return queue.pop(0)
+
+        await middleware(scope, receive, None)
+        await middleware.engine.aclose()
+
+    asyncio.run(run())

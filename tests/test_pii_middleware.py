@@ -11,7 +11,7 @@ import httpx
 import pytest
 import structlog
 
-from apps import make_config
+from apps import make_config, post_asgi
 from fault_server import FaultServer, reply
 from servers import Serve
 
@@ -163,22 +163,7 @@ def test_sensitive_json_fields_never_reach_the_provider(
     middleware = LLMMiddleware(app, config=config)
     body = json.dumps({"user": {"name": "Jo", "password": "hunter2-Secret",
                                 "ssn": "078051120", "api_token": "abc"}}).encode()  # fmt: skip
-    scope = {"type": "http", "method": "POST", "path": "/signup", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
-
-    async def run() -> None:
-        queue = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> Any:
-            return queue.pop(0)
-
-        await middleware(scope, receive, None)  # type: ignore[arg-type]
-        await middleware.engine.aclose()
-
-    import asyncio
-
-    asyncio.run(run())
+    post_asgi(middleware, "/signup", body, "application/json")
     sent = _sent_to_provider(fault_server)
     assert seen == [body]  # the body itself was not a masking target here
     for secret in ("hunter2", "078051120", '"abc"'):
@@ -200,21 +185,7 @@ def test_large_body_masking_respects_the_budget(fault_server: FaultServer) -> No
         results.append((scope["state"]["llm"], (await receive())["body"]))
 
     middleware = LLMMiddleware(app, config=config)
-    scope = {"type": "http", "method": "POST", "path": "/pii-echo", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(raw)).encode())]}  # fmt: skip
-
-    async def run() -> None:
-        queue = [{"type": "http.request", "body": raw, "more_body": False}]
-
-        async def receive() -> Any:
-            return queue.pop(0)
-
-        await middleware(scope, receive, None)  # type: ignore[arg-type]
-
-    import asyncio
-
-    asyncio.run(run())
+    post_asgi(middleware, "/pii-echo", raw, "application/json")
     result, seen = results[0]
     assert result.outcomes == {"pii_masking": "skipped", "intent": "skipped"}
     assert result.reasons == {"pii_masking": "too_large_for_budget",
@@ -227,8 +198,6 @@ def test_large_body_masking_respects_the_budget(fault_server: FaultServer) -> No
 def test_keep_fields_reach_the_app_but_not_the_provider(fault_server: FaultServer) -> None:
     # The view must validate and use "email" (a placeholder would fail its EmailField);
     # the free-text "message" is masked, and the provider still sees neither value.
-    import asyncio
-
     from llm_middleware import LLMMiddleware
 
     fault_server.default = reply({"category": "shoes"})
@@ -246,20 +215,7 @@ def test_keep_fields_reach_the_app_but_not_the_provider(fault_server: FaultServe
 
     middleware = LLMMiddleware(app, config=config)
     body = json.dumps({"email": EMAIL, "message": f"I am {EMAIL}, call {PHONE}"}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/tickets", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
-
-    async def run() -> None:
-        queue = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> Any:
-            return queue.pop(0)
-
-        await middleware(scope, receive, None)  # type: ignore[arg-type]
-        await middleware.engine.aclose()
-
-    asyncio.run(run())
+    post_asgi(middleware, "/tickets", body, "application/json")
     got = json.loads(seen[0])
     assert got == {"email": EMAIL, "message": "I am <EMAIL_ADDRESS_1>, call <PHONE_NUMBER_1>"}
     sent = _sent_to_provider(fault_server)

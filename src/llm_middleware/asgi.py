@@ -7,7 +7,7 @@ from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, weak_etag
 from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
 
 Scope = MutableMapping[str, Any]
@@ -17,7 +17,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SCOPE_MARK = "llm_middleware"
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 class LLMMiddleware:
@@ -129,22 +128,9 @@ class _Responder:
 
     async def _read_body(self, exchange: RequestExchange, receive: Receive) -> None:
         headers = exchange.headers
-        if (headers.get("content-type") or "").lower().startswith("multipart/"):
-            exchange.body_skip_reason = "unsupported_content_type"
-            return
-        declared = headers.get("content-length")
-        if declared is None:
-            if "transfer-encoding" in headers or exchange.method not in _BODYLESS_METHODS:
-                exchange.body_skip_reason = "streaming_body"  # passed through unread
-            else:
-                exchange.body = b""
-            return
-        if not declared.strip().isdigit():
-            exchange.body_skip_reason = "bad_content_length"
-            return
         cap = self.rule.max_body_bytes
-        if int(declared) > cap:
-            exchange.body_skip_reason = "body_too_large"
+        framed = "transfer-encoding" in headers
+        if plan_body_read(exchange, headers.get("content-length"), cap, framed=framed) is None:
             return
         # Buffer until more_body is False (capped), as Starlette's _CachedRequest does.
         chunks: list[bytes] = []

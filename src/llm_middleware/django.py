@@ -28,11 +28,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from .config import ConfigError
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, weak_etag
 from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync, process_response_sync
-
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 class _EngineFromSettings:
@@ -155,22 +153,8 @@ class LLMMiddleware:
 
 
 def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> None:
-    content_type = (exchange.headers.get("content-type") or "").lower()
-    if content_type.startswith("multipart/"):
-        exchange.body_skip_reason = "unsupported_content_type"
-        return
-    declared = request.META.get("CONTENT_LENGTH") or ""
-    if not declared:
-        if "transfer-encoding" in exchange.headers or exchange.method not in _BODYLESS_METHODS:
-            exchange.body_skip_reason = "streaming_body"
-        else:
-            exchange.body = b""
-        return
-    if not declared.strip().isdigit():
-        exchange.body_skip_reason = "bad_content_length"
-        return
-    if int(declared) > cap:
-        exchange.body_skip_reason = "body_too_large"
+    framed = "transfer-encoding" in exchange.headers
+    if plan_body_read(exchange, request.META.get("CONTENT_LENGTH"), cap, framed=framed) is None:
         return
     try:
         exchange.body = request.body

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .config import (
@@ -232,32 +233,9 @@ class Engine:
     async def _run_response_interceptors(
         self, rule: CompiledRule, ctx: RequestContext, response: ResponseExchange
     ) -> None:
-        result = ctx.result
         for icpt in rule.response_interceptors:
-            if icpt.uses_llm and ctx.privacy_failed:
-                result.record(icpt.name, "skipped", "pii_masking_failed")
-                continue
-            remaining = ctx.deadline.remaining()
-            if remaining <= 0 and icpt.uses_llm:
-                result.record(icpt.name, "timeout", "budget_exhausted")
-                continue
             body, headers = response.new_body, dict(response.set_headers)
-            try:
-                async with asyncio.timeout(remaining):
-                    outcome = await icpt.on_response(ctx, response)
-            except TimeoutError:
-                result.record(icpt.name, "timeout", "deadline")
-            except SourceError as exc:
-                result.record(icpt.name, "skipped", exc.reason)
-            except LLMError as exc:
-                result.record(icpt.name, exc.outcome, exc.reason)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log_internal_error(icpt.name, exc)
-                result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
-            else:
-                result.outcomes[icpt.name] = outcome
+            if await self._step(icpt, ctx, functools.partial(icpt.on_response, ctx, response)):
                 continue
             response.new_body, response.set_headers = body, headers
             if not icpt.uses_llm:
@@ -277,36 +255,46 @@ class Engine:
         if rule.needs_response:
             result.context = ctx
         for icpt in rule.request_interceptors:
-            if icpt.uses_llm and ctx.privacy_failed:
-                # Masking failed on this rule: nothing may be sent to a provider.
-                result.record(icpt.name, "skipped", "pii_masking_failed")
-                continue
-            remaining = deadline.remaining()
-            if remaining <= 0 and icpt.uses_llm:
-                result.record(icpt.name, "timeout", "budget_exhausted")
-                continue
             body, query = exchange.new_body, exchange.new_query_string
-            try:
-                async with asyncio.timeout(remaining):
-                    outcome = await icpt.on_request(ctx)
-            except TimeoutError:
-                result.record(icpt.name, "timeout", "deadline")
-            except SourceError as exc:
-                result.record(icpt.name, "skipped", exc.reason)
-            except LLMError as exc:
-                result.record(icpt.name, exc.outcome, exc.reason)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log_internal_error(icpt.name, exc)
-                result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
-            else:
-                result.outcomes[icpt.name] = outcome  # keeps a note the interceptor left
+            if await self._step(icpt, ctx, functools.partial(icpt.on_request, ctx)):
                 continue
             # Passthrough: undo whatever the failed interceptor changed.
             exchange.new_body, exchange.new_query_string = body, query
             if not icpt.uses_llm and icpt.runs_first:
                 ctx.privacy_failed = True
+
+    async def _step(
+        self, icpt: Interceptor, ctx: RequestContext, call: Callable[[], Awaitable[str]]
+    ) -> bool:
+        """One interceptor on one side, inside what is left of the deadline. Records the
+        outcome; returns whether it applied. Nothing but cancellation escapes."""
+        result = ctx.result
+        if icpt.uses_llm and ctx.privacy_failed:
+            # Masking failed on this rule: nothing may be sent to a provider.
+            result.record(icpt.name, "skipped", "pii_masking_failed")
+            return False
+        remaining = ctx.deadline.remaining()
+        if remaining <= 0 and icpt.uses_llm:
+            result.record(icpt.name, "timeout", "budget_exhausted")
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                outcome = await call()
+        except TimeoutError:
+            result.record(icpt.name, "timeout", "deadline")
+        except SourceError as exc:
+            result.record(icpt.name, "skipped", exc.reason)
+        except LLMError as exc:
+            result.record(icpt.name, exc.outcome, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_internal_error(icpt.name, exc)
+            result.record(icpt.name, "error", f"internal:{type(exc).__name__}")
+        else:
+            result.outcomes[icpt.name] = outcome  # keeps a note the interceptor left
+            return True
+        return False
 
     def close(self) -> None:
         """Close the LLM clients from synchronous code (e.g. a WSGI server's shutdown hook)."""

@@ -143,6 +143,34 @@ class RequestExchange:
         return f"RequestExchange({self.method} {self.path})"
 
 
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+def plan_body_read(
+    exchange: RequestExchange, declared: str | None, cap: int, *, framed: bool
+) -> int | None:
+    """Whether an adapter should read the request body: the length to read, or ``None``
+    (then ``body_skip_reason`` says why, or ``body`` is ``b""`` for a request without one).
+    ``framed``: the server said the body ends without a length (chunked upload)."""
+    if (exchange.headers.get("content-type") or "").lower().startswith("multipart/"):
+        exchange.body_skip_reason = "unsupported_content_type"  # uploads pass unread
+        return None
+    if not declared:
+        if framed or exchange.method not in _BODYLESS_METHODS:
+            exchange.body_skip_reason = "streaming_body"  # passed through unread
+        else:
+            exchange.body = b""
+        return None
+    if not declared.strip().isdigit():
+        exchange.body_skip_reason = "bad_content_length"
+        return None
+    length = int(declared)
+    if length > cap:
+        exchange.body_skip_reason = "body_too_large"
+        return None
+    return length
+
+
 def is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 

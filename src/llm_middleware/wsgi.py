@@ -9,12 +9,11 @@ from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
 from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync, process_response_sync, rewrite_headers
 
 RESULT_KEY = "llm_middleware.result"
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -92,27 +91,9 @@ def environ_headers(environ: dict[str, Any]) -> Headers:
 
 def read_body(exchange: RequestExchange, environ: dict[str, Any], cap: int) -> None:
     """Read ``wsgi.input`` when it is small and known-length, and put a fresh stream back."""
-    headers = exchange.headers
-    if (headers.get("content-type") or "").lower().startswith("multipart/"):
-        exchange.body_skip_reason = "unsupported_content_type"
-        return
-    declared = environ.get("CONTENT_LENGTH") or ""
-    if not declared:
-        if (
-            "transfer-encoding" in headers
-            or environ.get("wsgi.input_terminated")
-            or exchange.method not in _BODYLESS_METHODS
-        ):
-            exchange.body_skip_reason = "streaming_body"  # passed through unread
-        else:
-            exchange.body = b""
-        return
-    if not declared.strip().isdigit():
-        exchange.body_skip_reason = "bad_content_length"
-        return
-    length = int(declared)
-    if length > cap:
-        exchange.body_skip_reason = "body_too_large"
+    framed = "transfer-encoding" in exchange.headers or bool(environ.get("wsgi.input_terminated"))
+    length = plan_body_read(exchange, environ.get("CONTENT_LENGTH"), cap, framed=framed)
+    if length is None:
         return
     stream = environ["wsgi.input"]
     chunks: list[bytes] = []
