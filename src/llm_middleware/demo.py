@@ -194,9 +194,11 @@ def local_llm_server(port: int | None = None, timeout: float = 180) -> Iterator[
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM: uvicorn shuts down gracefully; llama.cpp's server would otherwise finish a
+        # generation nobody waits for.
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
