@@ -2,17 +2,21 @@
 
 ``/plain`` is never matched by a rule; ``/search`` is matched by the single rule (intent
 extraction from ``query:q``); ``/sleep?ms=N`` (unmatched) answers after N ms, the reference for
-an ideal middleware that would cost exactly its budget. The views answer a tiny text body;
-``/search`` also reports what the middleware did in ``x-llm-outcome`` and ``x-llm-added-ms``
-headers (``-`` when bare).
+an ideal middleware that would cost exactly its budget. The views answer a tiny text body with a
+Content-Length; ``/search`` also reports what the middleware did in ``x-llm-outcome`` and
+``x-llm-added-ms`` headers (``-`` when bare).
 
-Server entry point (used by ``_common.uvicorn_server``)::
+The same three views exist for ASGI (Starlette), plain WSGI, Flask and Django (sync, WSGI
+handler). Server entry points::
 
-    python bench/_apps.py uvicorn asgi_wrapped --fd N
+    python bench/_apps.py uvicorn asgi_wrapped --fd N      # _common.uvicorn_server
+    gunicorn '_apps:flask_wrapped()' --bind fd://N ...     # _common.gunicorn_server
 
 with the configuration in the environment: ``BENCH_PROVIDER_URL``, ``BENCH_BUDGET_MS`` and
-``BENCH_EXTRA_CONFIG`` (JSON merged into the middleware config). A WSGI variant adds its
-factories here and a ``gunicorn`` launcher in ``_common``.
+``BENCH_EXTRA_CONFIG`` (JSON merged into the middleware config). Django's settings can be
+configured once per process: in a server subprocess that is done by its factory; in-process,
+:func:`django_handlers` configures them once and builds the bare and wrapped handlers from the
+same settings (``WSGIHandler()`` reads ``settings.MIDDLEWARE`` when it is constructed).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import socket
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from _common import quiet_structlog  # bench/ is sys.path[0] when a bench script runs
 from pydantic import BaseModel, Field
@@ -115,7 +120,7 @@ class GCPauses:
     ``/_bench/gc?collect=1`` also collects everything (untimed) once the pauses are read."""
 
     def __init__(self) -> None:
-        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self.pauses: list[tuple[int, float, int]] = []  # (generation, ms, objects freed)
         self._start = 0.0
 
     def install(self) -> None:
@@ -125,15 +130,17 @@ class GCPauses:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.pauses.append((info["generation"], (time.perf_counter() - self._start) * 1e3))
+            ms = (time.perf_counter() - self._start) * 1e3
+            self.pauses.append((info["generation"], ms, info["collected"]))
 
-    def json(self) -> bytes:
-        data = {
-            "pauses": self.pauses,
-            "gc_counts": gc.get_count(),
-            "tracked": len(gc.get_objects()),
-        }
-        self.pauses = []
+    def json(self, *, collect: bool = False) -> bytes:
+        """The pauses since the last call; with ``collect``, then a full collection (untimed),
+        and ``tracked`` counts what survived it: the live heap the next cell starts from."""
+        pauses, self.pauses = self.pauses, []
+        if collect:
+            gc.collect()
+            self.pauses = []
+        data = {"pauses": pauses, "gc_counts": gc.get_count(), "tracked": len(gc.get_objects())}
         return json.dumps(data).encode()
 
 
@@ -150,10 +157,8 @@ class Instrumented:
             await self.app(scope, receive, send)
             return
         if self.gc_pauses is not None and scope["path"] == "/_bench/gc":
-            body = self.gc_pauses.json()
-            if scope["query_string"] == b"collect=1":  # start the next cell from a clean heap
-                gc.collect()
-                self.gc_pauses.pauses = []
+            # collect=1: start the next cell from a clean heap
+            body = self.gc_pauses.json(collect=scope["query_string"] == b"collect=1")
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(body)),
@@ -188,6 +193,252 @@ def asgi_wrapped_instrumented() -> Any:
         pauses = GCPauses()
         pauses.install()
     return Instrumented(asgi_wrapped(), pauses)
+
+
+# -- WSGI (plain) --------------------------------------------------------------------------------
+
+
+def _sleep_ms(query_string: str) -> None:
+    time.sleep(float(parse_qs(query_string).get("ms", ["0"])[0]) / 1000.0)
+
+
+def wsgi_app() -> Any:
+    """The bare app: a plain WSGI callable."""
+    from llm_middleware.wsgi import RESULT_KEY
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/plain":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+            return [b"plain"]
+        if path == "/search":
+            headers = [("Content-Type", "text/plain"), ("Content-Length", "6")]
+            headers += _outcome_headers(environ.get(RESULT_KEY)).items()
+            start_response("200 OK", headers)
+            return [b"search"]
+        if path == "/sleep":
+            _sleep_ms(environ.get("QUERY_STRING", ""))
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+            return [b"slept"]
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return [b""]
+
+    return app
+
+
+def wrap_wsgi(app: Any, config: dict[str, Any]) -> Any:
+    from llm_middleware.wsgi import LLMWSGIMiddleware
+
+    return LLMWSGIMiddleware(app, config)
+
+
+class NoopWSGIMiddleware:
+    """The cheapest possible WSGI middleware: the floor any wrapper pays in-process."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+
+# -- Flask ---------------------------------------------------------------------------------------
+
+
+def flask_app() -> Any:
+    """A new bare Flask app (the extension mutates the app it wraps: build one per variant)."""
+    import flask
+
+    app = flask.Flask("bench_flask")
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "plain"
+
+    @app.route("/search")
+    def search() -> Any:
+        return flask.Response("search", headers=_outcome_headers(flask.g.get("llm")))
+
+    @app.route("/sleep")
+    def sleep() -> str:
+        _sleep_ms(flask.request.query_string.decode("latin-1"))
+        return "slept"
+
+    return app
+
+
+def wrap_flask(app: Any, config: dict[str, Any]) -> Any:
+    from llm_middleware.flask import LLMMiddleware
+
+    LLMMiddleware(app, config=config)
+    return app
+
+
+# -- Django (sync, WSGI handler) -------------------------------------------------------------------
+
+DJANGO_MIDDLEWARE = "llm_middleware.django.LLMMiddleware"
+DJANGO_NOOP = "_apps.NoopDjangoMiddleware"
+
+
+def setup_django(config: dict[str, Any], middleware: list[str]) -> None:
+    """Once per process; ``ROOT_URLCONF`` is this module (see ``__getattr__``)."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench-only",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="_apps",
+        INSTALLED_APPS=[],
+        MIDDLEWARE=middleware,
+        USE_TZ=True,
+        LLM_MIDDLEWARE=config,
+    )
+    django.setup(set_prefix=False)
+
+
+def django_handler(middleware: list[str]) -> Any:
+    """A WSGI handler with ``middleware`` (read now, at construction) and the settings'
+    ``LLM_MIDDLEWARE``."""
+    from django.conf import settings
+    from django.core.handlers.wsgi import WSGIHandler
+
+    settings.MIDDLEWARE = middleware
+    return WSGIHandler()
+
+
+def django_handlers(config: dict[str, Any]) -> dict[str, Any]:
+    """In-process: the bare, wrapped and no-op-middleware handlers over the same settings."""
+    setup_django(config, [])
+    return {
+        "bare": django_handler([]),
+        "wrapped": django_handler([DJANGO_MIDDLEWARE]),
+        "noop": django_handler([DJANGO_NOOP]),
+    }
+
+
+class NoopDjangoMiddleware:
+    """The cheapest possible Django middleware: the floor any middleware pays in-process."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        return self.get_response(request)
+
+
+def _django_response(body: bytes, headers: dict[str, str] | None = None) -> Any:
+    from django.http import HttpResponse
+
+    response = HttpResponse(body, content_type="text/plain")
+    response["Content-Length"] = str(len(body))  # else gunicorn answers chunked
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def _django_plain(request: Any) -> Any:
+    return _django_response(b"plain")
+
+
+def _django_search(request: Any) -> Any:
+    return _django_response(b"search", _outcome_headers(getattr(request, "llm", None)))
+
+
+def _django_sleep(request: Any) -> Any:
+    _sleep_ms(request.META.get("QUERY_STRING", ""))
+    return _django_response(b"slept")
+
+
+def __getattr__(name: str) -> Any:
+    # ROOT_URLCONF = "_apps": Django asks this module for urlpatterns.
+    if name == "urlpatterns":
+        from django.urls import path
+
+        return [
+            path("plain", _django_plain),
+            path("search", _django_search),
+            path("sleep", _django_sleep),
+        ]
+    raise AttributeError(name)
+
+
+class InstrumentedWSGI:
+    """Outermost WSGI wrapper for the budget server, as :class:`Instrumented` for ASGI:
+    ``x-app-ms`` (time from entering the app to ``start_response``) and ``/_bench/gc``."""
+
+    def __init__(self, app: Any, gc_pauses: GCPauses | None = None) -> None:
+        self.app = app
+        self.gc_pauses = gc_pauses
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.gc_pauses is not None and environ.get("PATH_INFO") == "/_bench/gc":
+            body = self.gc_pauses.json(collect=environ.get("QUERY_STRING") == "collect=1")
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        start = time.perf_counter()
+
+        def timed_start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+            elapsed = f"{(time.perf_counter() - start) * 1e3:.3f}"
+            return start_response(status, [*headers, ("x-app-ms", elapsed)], exc_info)
+
+        return self.app(environ, timed_start_response)
+
+
+def _instrumented_wsgi(app: Any) -> Any:
+    pauses = None
+    if os.environ.get("BENCH_GC_STATS") == "1":
+        pauses = GCPauses()
+        pauses.install()
+    return InstrumentedWSGI(app, pauses)
+
+
+def wsgi_bare() -> Any:
+    quiet_structlog()
+    return wsgi_app()
+
+
+def wsgi_wrapped() -> Any:
+    quiet_structlog()
+    return wrap_wsgi(wsgi_app(), _config_from_env())
+
+
+def flask_bare() -> Any:
+    quiet_structlog()
+    return flask_app()
+
+
+def flask_wrapped() -> Any:
+    quiet_structlog()
+    return wrap_flask(flask_app(), _config_from_env())
+
+
+def django_bare() -> Any:
+    quiet_structlog()
+    setup_django(_config_from_env(), [])
+    return django_handler([])
+
+
+def django_wrapped() -> Any:
+    quiet_structlog()
+    setup_django(_config_from_env(), [DJANGO_MIDDLEWARE])
+    return django_handler([DJANGO_MIDDLEWARE])
+
+
+def wsgi_wrapped_instrumented() -> Any:
+    return _instrumented_wsgi(wsgi_wrapped())
+
+
+def flask_wrapped_instrumented() -> Any:
+    return _instrumented_wsgi(flask_wrapped())
+
+
+def django_wrapped_instrumented() -> Any:
+    return _instrumented_wsgi(django_wrapped())
 
 
 FACTORIES = {

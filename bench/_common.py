@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import platform
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +90,22 @@ def environment_line() -> str:
         f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
         f"compiler processes running: {compiler_processes()}"
     )
+
+
+def source_line() -> str:
+    """Which code is measured: the commit, and whether ``src/`` differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True, text=True
+        ).stdout.split("\n")
+    except OSError:
+        return "source: unknown (no git)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    extra = f" + uncommitted changes in {', '.join(changed)}" if changed else " (src/ clean)"
+    return f"source: {head or 'unknown'}{extra}"
 
 
 def fault_server_module() -> ModuleType:
@@ -230,35 +248,72 @@ class Server:
     pid: int
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux ``/proc``)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far of the server process and its live descendants
+        (gunicorn's workers; Linux ``/proc``)."""
+        return sum(_process_cpu(pid) for pid in _process_tree(self.pid))
+
+
+def _process_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (via ``/proc/PID/task/TID/children``)."""
+    pids, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        pids.append(pid)
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                queue += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def _fd_flag(fd: int) -> list[str]:
+    return ["--fd", str(fd)]
 
 
 @contextlib.contextmanager
 def server_subprocess(
-    argv: Sequence[str], env: dict[str, str], *, ready_path: str
+    argv: Sequence[str],
+    env: dict[str, str],
+    *,
+    ready_path: str,
+    fd_args: Callable[[int], list[str]] = _fd_flag,
 ) -> Iterator[Server]:
-    """Run ``argv + ["--fd", N]`` on an already-listening loopback socket; yield it.
+    """Run ``argv + fd_args(N)`` on an already-listening loopback socket (fd N); yield it.
 
-    The server is pinned to the server CPU if :data:`PINNING` is set. Its output goes to a
-    temporary file (shown if it dies), never to an unread pipe."""
+    The server (and whatever it forks) is pinned to the server CPU if :data:`PINNING` is set.
+    Its output goes to a temporary file (shown if it dies), never to an unread pipe."""
     sock = bound_socket()
     sock.set_inheritable(True)
     port: int = sock.getsockname()[1]
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    pinning = PINNING
+
+    def pin() -> None:  # in the child, before exec: its forks inherit it
+        if pinning is not None:
+            os.sched_setaffinity(0, {pinning[0]})
+
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [*argv, "--fd", str(sock.fileno())],
+            [*argv, *fd_args(sock.fileno())],
             cwd=REPO,
             env=full_env,
             pass_fds=[sock.fileno()],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=pin if pinning is not None else None,
         )
         try:
-            if PINNING is not None:
-                os.sched_setaffinity(proc.pid, {PINNING[0]})
             _wait_ready(port, ready_path, proc, log)
             yield Server(port, proc.pid)
         finally:
@@ -292,6 +347,36 @@ def uvicorn_server(factory: str, env: dict[str, str]) -> contextlib.AbstractCont
     """uvicorn (single worker, h11 unless httptools is installed) serving ``_apps.<factory>()``."""
     argv = [sys.executable, str(BENCH_DIR / "_apps.py"), "uvicorn", factory]
     return server_subprocess(argv, env, ready_path="/plain")
+
+
+GUNICORN_MAJOR = int(importlib.metadata.version("gunicorn").split(".")[0])
+
+
+def gunicorn_server(
+    factory: str,
+    env: dict[str, str],
+    *,
+    worker_class: str = "sync",
+    workers: int = 1,
+    threads: int = 1,
+) -> contextlib.AbstractContextManager[Server]:
+    """gunicorn serving ``_apps.<factory>()`` (loaded in the worker, no ``--preload``)."""
+    argv = [
+        sys.executable, "-m", "gunicorn", f"_apps:{factory}()",
+        "--worker-class", worker_class, "--workers", str(workers), "--threads", str(threads),
+        "--log-level", "warning", "--graceful-timeout", "2", "--keep-alive", "5",
+    ]  # fmt: skip
+    if Path("/dev/shm").is_dir():  # the worker heartbeat file: in memory, never on a disk
+        argv += ["--worker-tmp-dir", "/dev/shm"]
+    if GUNICORN_MAJOR >= 27:
+        argv.append("--no-control-socket")  # else all share one socket under ~/.gunicorn
+    path = os.pathsep.join([str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return server_subprocess(
+        argv,
+        {**env, "PYTHONPATH": path},
+        ready_path="/plain",
+        fd_args=lambda fd: ["--bind", f"fd://{fd}"],
+    )
 
 
 # -- raw HTTP/1.1 keep-alive load client -----------------------------------------------------
@@ -428,3 +513,90 @@ async def closed_loop(
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     result.elapsed_s = clock() - start
     return result
+
+
+def blocking_closed_loop(
+    port: int,
+    target: Callable[[int], str],
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    request_timeout_s: float = 5.0,
+) -> LoadResult:
+    """:func:`closed_loop` with ``concurrency`` threads on blocking sockets (no latencies kept).
+
+    For servers that close the connection after every response (gunicorn sync workers): there
+    asyncio's per-connection setup costs the client more than the server spends on the request,
+    and the client, not the server, would be measured. Blocking ``connect``/``send``/``recv``
+    release the GIL, so the threads cost little besides."""
+    clock = time.perf_counter
+    start = clock()
+    end = start + max_seconds
+    tickets = iter(range(max_requests))  # next() on a range iterator is atomic under the GIL
+    results = [LoadResult() for _ in range(concurrency)]
+
+    def worker(result: LoadResult) -> None:
+        sock: socket.socket | None = None
+        try:
+            for index in tickets:
+                if clock() >= end:
+                    break
+                try:
+                    if sock is None:
+                        sock = socket.create_connection((HOST, port), timeout=request_timeout_s)
+                    sock.sendall(f"GET {target(index)} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
+                    status, close = _blocking_response(sock)
+                except TimeoutError:
+                    result.errors["client_timeout"] += 1
+                    status, close = 0, True
+                except (OSError, HttpError, ValueError) as exc:
+                    result.errors[type(exc).__name__] += 1
+                    status, close = 0, True
+                if close and sock is not None:
+                    sock.close()
+                    sock = None
+                if status == 200:
+                    result.completed += 1
+                elif status:
+                    result.errors[f"http_{status}"] += 1
+        finally:
+            if sock is not None:
+                sock.close()
+
+    threads = [threading.Thread(target=worker, args=(r,), daemon=True) for r in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = LoadResult(elapsed_s=clock() - start)
+    for r in results:
+        total.completed += r.completed
+        total.errors.update(r.errors)
+    return total
+
+
+def _blocking_response(sock: socket.socket) -> tuple[int, bool]:
+    """Read one response with a Content-Length; returns (status, server closes)."""
+    data = b""
+    while (split := data.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise HttpError("connection closed before the response head")
+        data += chunk
+    lines = data[:split].decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length")
+    if length is None:
+        raise HttpError("response without content-length")
+    remaining = int(length) - (len(data) - split - 4)
+    while remaining > 0:
+        chunk = sock.recv(max(remaining, 65536))
+        if not chunk:
+            raise HttpError("connection closed in the body")
+        remaining -= len(chunk)
+    return status, headers.get("connection", "").lower() == "close"

@@ -1,4 +1,4 @@
-"""Overhead of ``LLMMiddleware``: the same Starlette app bare vs wrapped, measured in ONE run.
+"""Overhead of the middleware: the same app bare vs wrapped, measured in ONE run.
 
 Cases (DESIGN.md, "Performance"):
 
@@ -6,24 +6,29 @@ Cases (DESIGN.md, "Performance"):
   >= 0.97x bare;
 * matched path, cache hit (``/search?q=...`` after one warming request): <= 100 us added at p50.
 
+Apps (``_apps.py``): ASGI (Starlette + ``LLMMiddleware``), plain WSGI (``LLMWSGIMiddleware``),
+Flask (the extension) and Django (sync, ``WSGIHandler``; bare = the same settings with an empty
+``MIDDLEWARE``, wrapped = only ``llm_middleware.django.LLMMiddleware`` in it).
+
 Two layers, each with the variants interleaved over several rounds (rotating order: ABBA for
 two), each round paired, reporting the median over rounds:
 
-* in-process: the ASGI callable driven directly with synthetic scope/receive/send in a tight
-  loop; it isolates the middleware from socket noise and is the precise number for the targets.
-  Per-request times are taken, and ratios use each round's p50 (robust to preemption by other
-  processes; the mean is shown too). A no-op pure ASGI middleware is measured alongside, as the
-  floor any wrapper pays;
-* sockets: two uvicorn servers on loopback (subprocesses, one bare, one wrapped, same app code)
-  loaded by a raw keep-alive HTTP/1.1 client; the realistic number. The servers' CPU use is
-  shown: below ~95 % the server was not the bottleneck (other load, or the client) and the
-  round is noisier.
+* in-process: the app's callable driven directly in a tight loop (ASGI: synthetic
+  scope/receive/send; WSGI: a prepared environ, the result iterated and closed); it isolates the
+  middleware from socket noise and is the precise number for the targets. Per-request times are
+  taken, and ratios use each round's p50 (robust to preemption by other processes; the mean is
+  shown too). A no-op middleware of the same kind is measured alongside, as the floor any
+  wrapper pays. Each round runs about ``inproc_round_s`` per variant (capped in requests), so a
+  slow framework gets fewer requests per round, not a longer run;
+* sockets: two servers on loopback (subprocesses, one bare, one wrapped, same app code) loaded
+  by a raw HTTP/1.1 client; the realistic number. ASGI: uvicorn, one worker, keep-alive. WSGI:
+  gunicorn, ONE sync worker (no keep-alive: a connection per request, as sync workers serve).
+  The servers' CPU use (all their processes) is shown: below ~85 % the server was not the
+  bottleneck (other load, or the client) and the row is not judged. Over sockets only the
+  unmatched path is measured for WSGI (the cache-hit target is judged in-process).
 
-Adding a framework: write ``bench_<framework>_inprocess`` / ``bench_<framework>_socket`` that
-return rows (reusing ``measure_inprocess`` with a WSGI driver, and ``measure_socket`` unchanged,
-since it only speaks HTTP), add its factories to ``_apps.py`` and list them in ``BENCHMARKS``.
-
-Usage: ``python bench/overhead.py [--quick] [--profile] [--pin-cpus]``.
+Usage: ``python bench/overhead.py [--quick] [--only asgi,wsgi,flask,django] [--layers
+inprocess,sockets] [--profile] [--pin-cpus]``.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import io
 import pstats
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -46,19 +53,23 @@ from _common import (
     DROPPED_ERRORS,
     LOGGING_NOTE,
     CpuMeter,
+    LoadResult,
     Row,
     Server,
+    blocking_closed_loop,
     closed_loop,
     cpu_line,
     enable_pinning,
     environment_line,
     fault_server_module,
-    fetch,
+    get,
+    gunicorn_server,
     median,
     percentile,
     pin_client,
     print_table,
     quiet_structlog,
+    source_line,
     uvicorn_server,
 )
 
@@ -72,7 +83,8 @@ VARIANTS = ("bare", "wrapped")
 @dataclass(frozen=True)
 class Settings:
     inproc_rounds: int
-    inproc_requests: int  # per variant and round
+    inproc_round_s: float  # per variant and round (about; from the warm-up's per-request time)
+    inproc_requests: int  # per variant and round (cap)
     socket_rounds: int
     socket_requests: int  # per variant and round (cap)
     socket_seconds: float  # per variant and round (cap)
@@ -81,20 +93,24 @@ class Settings:
 
 QUICK = Settings(
     inproc_rounds=6,
+    inproc_round_s=0.03,
     inproc_requests=3_000,
-    socket_rounds=4,
-    socket_requests=6_000,
-    socket_seconds=0.8,
+    socket_rounds=3,
+    socket_requests=4_000,
+    socket_seconds=0.5,
     socket_concurrency=16,
 )
 DEFAULT = Settings(
     inproc_rounds=15,
+    inproc_round_s=0.12,
     inproc_requests=10_000,
-    socket_rounds=10,
-    socket_requests=15_000,
-    socket_seconds=1.5,
+    socket_rounds=12,
+    socket_requests=12_000,
+    socket_seconds=0.8,
     socket_concurrency=16,
 )
+#: Requests per variant and round are never fewer than this, however slow the app.
+MIN_INPROC_REQUESTS = 500
 
 
 @dataclass(frozen=True)
@@ -117,8 +133,13 @@ CASES = (UNMATCHED, CACHE_HIT)
 
 HEADERS = ("variant", "layer", "bare", "wrapped", "ratio / added", "target", "verdict")
 
+#: One request through an app: ``await call(case)`` -> (status, response headers).
+Call = Callable[[Case], Awaitable[tuple[int, dict[str, str]]]]
+#: A tight loop of ``n`` requests; returns each request's duration in ns.
+Driver = Callable[[int], Awaitable[list[int]]]
 
-# -- in-process (ASGI) ----------------------------------------------------------------------------
+
+# -- in-process: ASGI -----------------------------------------------------------------------------
 
 
 def asgi_scope(path: str, query: str) -> dict[str, Any]:
@@ -146,24 +167,22 @@ async def _discard(message: dict[str, Any]) -> None:
     return None
 
 
-async def asgi_call(app: Any, case: Case) -> tuple[int, dict[str, str]]:
-    """One request through ``app``; returns the status and response headers."""
-    start: dict[str, Any] = {}
+def asgi_caller(app: Any) -> Call:
+    async def call(case: Case) -> tuple[int, dict[str, str]]:
+        start: dict[str, Any] = {}
 
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            start.update(message)
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
 
-    await app(asgi_scope(case.path, case.query), _receive, send)
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
-    return start.get("status", 0), headers
+        await app(asgi_scope(case.path, case.query), _receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+        return start.get("status", 0), headers
 
-
-Driver = Callable[[int], Awaitable[list[int]]]
+    return call
 
 
 def asgi_driver(app: Any, case: Case) -> Driver:
-    """A tight loop of ``n`` requests; returns each request's duration in ns."""
     template = asgi_scope(case.path, case.query)
 
     async def run(n: int) -> list[int]:
@@ -177,6 +196,106 @@ def asgi_driver(app: Any, case: Case) -> Driver:
         return times
 
     return run
+
+
+class NoopMiddleware:
+    """The cheapest possible pure ASGI middleware: the floor any wrapper pays in-process."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+# -- in-process: WSGI (plain, Flask, Django) -------------------------------------------------------
+
+
+def wsgi_environ(path: str, query: str) -> dict[str, Any]:
+    """What a WSGI server hands over for ``GET path?query`` (no body)."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "HTTP_HOST": "bench",
+        "HTTP_USER_AGENT": "bench",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),  # shared by the copies: empty, reads give b""
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+
+def _write(data: bytes) -> None:
+    return None
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return _write
+
+
+def _close(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def wsgi_caller(app: Any) -> Call:
+    async def call(case: Case) -> tuple[int, dict[str, str]]:
+        start: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            start[:] = [status, headers]
+            return _write
+
+        result = app(wsgi_environ(case.path, case.query), start_response)
+        try:
+            for _ in result:
+                pass
+        finally:
+            _close(result)
+        status, headers = start
+        return int(status.split(" ", 1)[0]), {k.lower(): v for k, v in headers}
+
+    return call
+
+
+def wsgi_driver(app: Any, case: Case) -> Driver:
+    """As a WSGI server does: call, iterate the result, close it."""
+    template = wsgi_environ(case.path, case.query)
+
+    async def run(n: int) -> list[int]:
+        clock = time.perf_counter_ns
+        times = [0] * n
+        start_response = _start_response
+        for i in range(n):
+            environ = dict(template)  # apps add keys to the environ
+            t0 = clock()
+            result = app(environ, start_response)
+            for _ in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            times[i] = clock() - t0
+        return times
+
+    return run
+
+
+# -- in-process: measurement ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -196,37 +315,40 @@ def rotation(names: list[str], round_index: int) -> list[str]:
 
 
 async def measure_inprocess(
-    drivers: dict[str, Driver], rounds: int, n: int
-) -> dict[str, list[InprocStats]]:
-    """Interleave the variants' drivers (one discarded warm-up round first)."""
+    drivers: dict[str, Driver], settings: Settings
+) -> tuple[dict[str, list[InprocStats]], int]:
+    """Interleave the variants' drivers (one discarded warm-up round first, which also sizes
+    the rounds: about ``inproc_round_s`` for the slowest variant). Returns the stats and the
+    requests per variant and round."""
     names = list(drivers)
+    slowest_ns = 1.0
     for name in names:
-        await drivers[name](max(200, n // 10))
+        warm = await drivers[name](max(200, MIN_INPROC_REQUESTS))
+        slowest_ns = max(slowest_ns, percentile(warm, 50))
+    n = int(settings.inproc_round_s * 1e9 / slowest_ns)
+    n = max(MIN_INPROC_REQUESTS, min(settings.inproc_requests, n))
     results: dict[str, list[InprocStats]] = {name: [] for name in names}
-    for r in range(rounds):
+    for r in range(settings.inproc_rounds):
         for name in rotation(names, r):
             gc.collect()
             times = await drivers[name](n)
             results[name].append(InprocStats(sum(times) / n / 1e3, percentile(times, 50) / 1e3))
-    return results
+    return results, n
 
 
-class NoopMiddleware:
-    """The cheapest possible pure ASGI middleware: the floor any wrapper pays in-process."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
-def inprocess_row(label: str, kind: str, bare: list[InprocStats], other: list[InprocStats]) -> Row:
+def inprocess_row(
+    label: str,
+    kind: str,
+    bare: list[InprocStats],
+    other: list[InprocStats],
+    unjudged: str = "",
+) -> Row:
     """Paired per round, then the median over rounds. ``kind``: ``"ratio"`` (judged against the
     unmatched target), ``"added"`` (the cache-hit target) or ``"floor"`` (not judged).
 
     Ratios use each round's p50 request time: a request preempted by another process or hit by
-    a collection lands in the tail, not in the p50 (the mean is shown for reference)."""
+    a collection lands in the tail, not in the p50 (the mean is shown for reference).
+    ``unjudged``: why a ratio row is shown but not judged."""
     bare_p50 = median([b.p50_us for b in bare])
     other_p50 = median([o.p50_us for o in other])
     added_p50 = median([o.p50_us - b.p50_us for b, o in zip(bare, other, strict=True)])
@@ -245,61 +367,149 @@ def inprocess_row(label: str, kind: str, bare: list[InprocStats], other: list[In
     )
     if kind == "floor":
         return Row([*cells, "(floor)"])
+    if unjudged:
+        return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}× (not judged: {unjudged})"])
     return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}×"], ratio >= UNMATCHED_MIN_RATIO)
 
 
-async def check_asgi(wrapped: Any) -> None:
+async def check_cache(call: Call) -> None:
     """The wrapped app does what the cases claim: /plain untouched, /search cached after one."""
-    status, headers = await asgi_call(wrapped, UNMATCHED)
+    status, headers = await call(UNMATCHED)
     assert status == 200, status
-    _, first = await asgi_call(wrapped, CACHE_HIT)
-    _, second = await asgi_call(wrapped, CACHE_HIT)
+    if "x-llm-outcome" in headers:
+        raise RuntimeError(f"the unmatched path went through the middleware: {headers}")
+    _, first = await call(CACHE_HIT)
+    _, second = await call(CACHE_HIT)
     if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
         raise RuntimeError(f"cache warm-up failed: {first} then {second}")
 
 
-def bench_asgi_inprocess(settings: Settings, provider_url: str) -> list[Row]:
-    async def run() -> list[Row]:
+@dataclass
+class Subject:
+    """One framework in-process: its bare, wrapped and no-op-wrapped apps, how to drive them."""
+
+    name: str
+    apps: dict[str, Any]  # "bare", "wrapped", "noop"
+    driver: Callable[[Any, Case], Driver]
+    caller: Callable[[Any], Call]
+    noop_label: str
+    #: Set when the in-process unmatched ratio means nothing (the socket row is then the test).
+    unjudged: str = ""
+
+
+async def compare_inprocess(subject: Subject, settings: Settings) -> tuple[list[Row], str]:
+    apps, name = subject.apps, subject.name
+    wrapped_call = subject.caller(apps["wrapped"])
+    await check_cache(wrapped_call)
+    _, bare_headers = await subject.caller(apps["bare"])(CACHE_HIT)
+    if bare_headers.get("x-llm-outcome") != "-":
+        raise RuntimeError(f"{name}: the bare app is not bare: {bare_headers}")
+    unmatched, n_unmatched = await measure_inprocess(
+        {variant: subject.driver(app, UNMATCHED) for variant, app in apps.items()}, settings
+    )
+    hit, n_hit = await measure_inprocess(
+        {variant: subject.driver(apps[variant], CACHE_HIT) for variant in VARIANTS}, settings
+    )
+    _, after = await wrapped_call(CACHE_HIT)
+    if after.get("x-llm-outcome") != "intent=cached":
+        raise RuntimeError(f"{name}: the cache hit case stopped hitting the cache: {after}")
+    rows = [
+        inprocess_row(
+            f"{name} {UNMATCHED.name}",
+            "ratio",
+            unmatched["bare"],
+            unmatched["wrapped"],
+            subject.unjudged,
+        ),
+        inprocess_row(f"{name} {CACHE_HIT.name}", "added", hit["bare"], hit["wrapped"]),
+        inprocess_row(
+            f"{name} {subject.noop_label}, {UNMATCHED.path} (reference)",
+            "floor",
+            unmatched["bare"],
+            unmatched["noop"],
+        ),
+    ]
+    note = (
+        f"{name} in-process: {n_unmatched:,} requests per variant and round on the unmatched "
+        f"path, {n_hit:,} on the cache hit, {settings.inproc_rounds} rounds"
+    )
+    return rows, note
+
+
+def bench_asgi_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    async def run() -> tuple[list[Row], list[str]]:
         bare = _apps.starlette_app()
         wrapped = _apps.wrap_asgi(bare, _apps.middleware_config(provider_url))
+        subject = Subject(
+            "ASGI Starlette",
+            {"bare": bare, "wrapped": wrapped, "noop": NoopMiddleware(bare)},
+            asgi_driver,
+            asgi_caller,
+            "no-op ASGI middleware",
+        )
         try:
-            await check_asgi(wrapped)
-            rounds, n = settings.inproc_rounds, settings.inproc_requests
-            unmatched = await measure_inprocess(
-                {
-                    "bare": asgi_driver(bare, UNMATCHED),
-                    "wrapped": asgi_driver(wrapped, UNMATCHED),
-                    "noop": asgi_driver(NoopMiddleware(bare), UNMATCHED),
-                },
-                rounds,
-                n,
-            )
-            hit = await measure_inprocess(
-                {"bare": asgi_driver(bare, CACHE_HIT), "wrapped": asgi_driver(wrapped, CACHE_HIT)},
-                rounds,
-                n,
-            )
-            name = "ASGI Starlette"
-            rows = [
-                inprocess_row(
-                    f"{name} {UNMATCHED.name}", "ratio", unmatched["bare"], unmatched["wrapped"]
-                ),
-                inprocess_row(f"{name} {CACHE_HIT.name}", "added", hit["bare"], hit["wrapped"]),
-                inprocess_row(
-                    f"{name} no-op middleware, {UNMATCHED.path} (reference)",
-                    "floor",
-                    unmatched["bare"],
-                    unmatched["noop"],
-                ),
-            ]
-            _, after = await asgi_call(wrapped, CACHE_HIT)
-            if after.get("x-llm-outcome") != "intent=cached":
-                raise RuntimeError(f"cache hit case stopped hitting the cache: {after}")
-            return rows
+            rows, note = await compare_inprocess(subject, settings)
+            return rows, [note]
         finally:
             await wrapped.engine.aclose()
 
     return asyncio.run(run())
+
+
+def _close_sync_engine(engine: Any) -> None:
+    from llm_middleware.bridge import BACKGROUND
+
+    BACKGROUND.run(engine.aclose(), 5.0)
+
+
+def _bench_sync_inprocess(
+    subject: Subject, settings: Settings, engine: Callable[[], Any]
+) -> tuple[list[Row], list[str]]:
+    try:
+        rows, note = asyncio.run(compare_inprocess(subject, settings))
+        return rows, [note]
+    finally:
+        _close_sync_engine(engine())
+
+
+def bench_wsgi_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    bare = _apps.wsgi_app()
+    wrapped = _apps.wrap_wsgi(bare, _apps.middleware_config(provider_url))
+    apps = {"bare": bare, "wrapped": wrapped, "noop": _apps.NoopWSGIMiddleware(bare)}
+    subject = Subject(
+        "WSGI plain",
+        apps,
+        wsgi_driver,
+        wsgi_caller,
+        "no-op WSGI middleware",
+        # A few dict operations: any wrapper, even the no-op one, halves its "req/s".
+        unjudged="the bare app does no work",
+    )
+    return _bench_sync_inprocess(subject, settings, lambda: wrapped.engine)
+
+
+def bench_flask_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    wrapped = _apps.wrap_flask(_apps.flask_app(), _apps.middleware_config(provider_url))
+    noop = _apps.flask_app()
+    noop.wsgi_app = _apps.NoopWSGIMiddleware(noop.wsgi_app)  # where the extension wraps
+    apps = {"bare": _apps.flask_app(), "wrapped": wrapped, "noop": noop}
+    subject = Subject("Flask", apps, wsgi_driver, wsgi_caller, "no-op WSGI middleware")
+    return _bench_sync_inprocess(
+        subject, settings, lambda: wrapped.extensions["llm_middleware"].engine
+    )
+
+
+def bench_django_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    """Django's settings are configured once, here, for the whole process."""
+    apps = _apps.django_handlers(_apps.middleware_config(provider_url))
+    subject = Subject("Django sync", apps, wsgi_driver, wsgi_caller, "no-op Django middleware")
+
+    def engine() -> Any:
+        from llm_middleware.django import engine_from_settings
+
+        return engine_from_settings.get()
+
+    return _bench_sync_inprocess(subject, settings, engine)
 
 
 def profile_asgi(provider_url: str, n: int) -> None:
@@ -309,7 +519,7 @@ def profile_asgi(provider_url: str, n: int) -> None:
         bare = _apps.starlette_app()
         wrapped = _apps.wrap_asgi(bare, _apps.middleware_config(provider_url))
         try:
-            await check_asgi(wrapped)
+            await check_cache(asgi_caller(wrapped))
             for case in CASES:
                 driver = asgi_driver(wrapped, case)
                 await driver(500)
@@ -329,7 +539,7 @@ def profile_asgi(provider_url: str, n: int) -> None:
     asyncio.run(run())
 
 
-# -- sockets (uvicorn on loopback) ------------------------------------------------------------
+# -- sockets ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -340,32 +550,52 @@ class SocketRound:
     wrapped_cpu: float
 
 
-async def measure_socket(
-    servers: dict[str, Server], case: Case, settings: Settings
+#: Runs a closed-loop load: (port, target, concurrency, max requests, max seconds) -> result.
+Loader = Callable[[int, Callable[[int], str], int, int, float], LoadResult]
+
+
+def asyncio_loader(
+    port: int, target: Callable[[int], str], concurrency: int, requests: int, seconds: float
+) -> LoadResult:
+    """Keep-alive clients on one event loop (uvicorn keeps connections open)."""
+    return asyncio.run(
+        closed_loop(
+            port, target, concurrency=concurrency, max_requests=requests, max_seconds=seconds
+        )
+    )
+
+
+def blocking_loader(
+    port: int, target: Callable[[int], str], concurrency: int, requests: int, seconds: float
+) -> LoadResult:
+    """Threads on blocking sockets (gunicorn sync workers close every connection)."""
+    return blocking_closed_loop(
+        port, target, concurrency=concurrency, max_requests=requests, max_seconds=seconds
+    )
+
+
+def measure_socket(
+    servers: dict[str, Server], case: Case, settings: Settings, loader: Loader
 ) -> tuple[list[SocketRound], int]:
     """Alternate the two servers under the same closed-loop load; returns rounds and errors."""
 
-    async def load(server: Server, requests: int, seconds: float) -> tuple[float, float, int]:
+    def load(server: Server, requests: int, seconds: float) -> tuple[float, float, int]:
         cpu0 = server.cpu_seconds()
-        result = await closed_loop(
-            server.port,
-            lambda _i: case.target,
-            concurrency=settings.socket_concurrency,
-            max_requests=requests,
-            max_seconds=seconds,
+        result = loader(
+            server.port, lambda _i: case.target, settings.socket_concurrency, requests, seconds
         )
         busy = (server.cpu_seconds() - cpu0) / result.elapsed_s
         return result.rps, busy, sum(result.errors.values())
 
     for variant in VARIANTS:  # warm-up, discarded
-        await load(servers[variant], settings.socket_requests // 10, settings.socket_seconds / 5)
+        load(servers[variant], settings.socket_requests // 10, settings.socket_seconds / 5)
     rounds: list[SocketRound] = []
     errors = 0
     for r in range(settings.socket_rounds):
         rps: dict[str, float] = {}
         cpu: dict[str, float] = {}
         for variant in rotation(list(VARIANTS), r):
-            rps[variant], cpu[variant], errs = await load(
+            rps[variant], cpu[variant], errs = load(
                 servers[variant], settings.socket_requests, settings.socket_seconds
             )
             errors += errs
@@ -394,8 +624,13 @@ def socket_row(variant: str, case: Case, rounds: list[SocketRound], errors: int)
         f"{wrapped:,.0f} req/s (cpu {wrapped_cpu:.0%})",
     ]
     saturated = min(bare_cpu, wrapped_cpu) >= MIN_SERVER_CPU
+    ratios = [r.wrapped_rps / r.bare_rps for r in rounds]
+    spread = f"rounds p25–p75 {percentile(ratios, 25):.3f}–{percentile(ratios, 75):.3f}"
     if case.kind == "ratio":
-        cells += [f"{ratio:.3f}× req/s ({added:+.1f} µs/req{err})", f"≥ {UNMATCHED_MIN_RATIO}×"]
+        cells += [
+            f"{ratio:.3f}× req/s ({added:+.1f} µs/req; {spread}{err})",
+            f"≥ {UNMATCHED_MIN_RATIO}×",
+        ]
         passed = ratio >= UNMATCHED_MIN_RATIO and not errors
     else:
         cells += [
@@ -409,41 +644,117 @@ def socket_row(variant: str, case: Case, rounds: list[SocketRound], errors: int)
     return Row(cells, passed)
 
 
+def check_socket(servers: dict[str, Server]) -> None:
+    """The wrapped server runs the middleware (one provider call, then a cache hit); the bare
+    one does not."""
+    _, first, _ = get(servers["wrapped"].port, CACHE_HIT.target)
+    _, second, _ = get(servers["wrapped"].port, CACHE_HIT.target)
+    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
+        raise RuntimeError(f"cache warm-up failed on the server: {first} then {second}")
+    _, bare, _ = get(servers["bare"].port, CACHE_HIT.target)
+    if bare.get("x-llm-outcome") != "-":
+        raise RuntimeError(f"the bare server is not bare: {bare}")
+
+
+Launch = Callable[[str, dict[str, str]], contextlib.AbstractContextManager[Server]]
+
+
 @contextlib.contextmanager
-def asgi_servers(provider_url: str) -> Iterator[dict[str, Server]]:
+def server_pair(launch: Launch, family: str, provider_url: str) -> Iterator[dict[str, Server]]:
     env = {"BENCH_PROVIDER_URL": provider_url}
-    with uvicorn_server("asgi_bare", env) as bare, uvicorn_server("asgi_wrapped", env) as wrapped:
+    with launch(f"{family}_bare", env) as bare, launch(f"{family}_wrapped", env) as wrapped:
         yield {"bare": bare, "wrapped": wrapped}
 
 
-async def check_socket(server: Server) -> None:
-    _, first, _ = await fetch(server.port, CACHE_HIT.target)
-    _, second, _ = await fetch(server.port, CACHE_HIT.target)
-    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
-        raise RuntimeError(f"cache warm-up failed on the server: {first} then {second}")
+def compare_socket(
+    name: str,
+    launch: Launch,
+    family: str,
+    cases: tuple[Case, ...],
+    loader: Loader,
+    concurrency: int | None = None,
+) -> Callable[[Settings, str], tuple[list[Row], list[str]]]:
+    """``concurrency`` overrides the settings' client connections."""
 
-
-def bench_asgi_socket(settings: Settings, provider_url: str) -> list[Row]:
-    with asgi_servers(provider_url) as servers, pin_client():
-
-        async def run() -> list[Row]:
-            await check_socket(servers["wrapped"])
+    def bench(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+        if concurrency is not None:
+            settings = dataclasses.replace(settings, socket_concurrency=concurrency)
+        with server_pair(launch, family, provider_url) as servers, pin_client():
+            check_socket(servers)
             rows = []
-            for case in CASES:
-                rounds, errors = await measure_socket(servers, case, settings)
-                rows.append(socket_row("ASGI uvicorn+Starlette", case, rounds, errors))
-            return rows
+            for case in cases:
+                rounds, errors = measure_socket(servers, case, settings, loader)
+                rows.append(socket_row(name, case, rounds, errors))
+            return rows, []
 
-        return asyncio.run(run())
+    return bench
 
 
-#: Each entry returns table rows; a WSGI/Flask/Django variant appends its own functions here.
-BENCHMARKS: list[Callable[[Settings, str], list[Row]]] = [bench_asgi_inprocess, bench_asgi_socket]
+#: Client threads against a gunicorn sync worker: it serves one connection at a time, so a few
+#: queued connections keep it busy; 16 threads would only fight over the client's GIL.
+SYNC_CLIENTS = 4
+
+
+def _gunicorn_sync(factory: str, env: dict[str, str]) -> contextlib.AbstractContextManager[Server]:
+    return gunicorn_server(factory, env, worker_class="sync", workers=1)
+
+
+#: (framework, layer) -> benchmark; each returns table rows and notes.
+BENCHMARKS: dict[tuple[str, str], Callable[[Settings, str], tuple[list[Row], list[str]]]] = {
+    ("asgi", "inprocess"): bench_asgi_inprocess,
+    ("asgi", "sockets"): compare_socket(
+        "ASGI uvicorn+Starlette", uvicorn_server, "asgi", CASES, asyncio_loader
+    ),
+    ("wsgi", "inprocess"): bench_wsgi_inprocess,
+    ("wsgi", "sockets"): compare_socket(
+        "WSGI plain, gunicorn sync",
+        _gunicorn_sync,
+        "wsgi",
+        (UNMATCHED,),
+        blocking_loader,
+        SYNC_CLIENTS,
+    ),
+    ("flask", "inprocess"): bench_flask_inprocess,
+    ("flask", "sockets"): compare_socket(
+        "Flask, gunicorn sync", _gunicorn_sync, "flask", (UNMATCHED,), blocking_loader, SYNC_CLIENTS
+    ),
+    ("django", "inprocess"): bench_django_inprocess,
+    ("django", "sockets"): compare_socket(
+        "Django sync, gunicorn sync",
+        _gunicorn_sync,
+        "django",
+        (UNMATCHED,),
+        blocking_loader,
+        SYNC_CLIENTS,
+    ),
+}
+FRAMEWORKS = ("asgi", "wsgi", "flask", "django")
+LAYERS = ("inprocess", "sockets")
+
+
+def _names(value: str, allowed: tuple[str, ...]) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = set(names) - set(allowed)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {sorted(unknown)}; choose from {allowed}")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 30 s)")
+    parser.add_argument(
+        "--only",
+        type=lambda v: _names(v, FRAMEWORKS),
+        default=list(FRAMEWORKS),
+        help=f"comma-separated frameworks (default: all of {','.join(FRAMEWORKS)})",
+    )
+    parser.add_argument(
+        "--layers",
+        type=lambda v: _names(v, LAYERS),
+        default=list(LAYERS),
+        help=f"comma-separated layers (default: {','.join(LAYERS)})",
+    )
     parser.add_argument("--profile", action="store_true", help="also cProfile the wrapped app")
     parser.add_argument(
         "--pin-cpus", action="store_true", help="pin servers and load client to separate CPUs"
@@ -458,24 +769,37 @@ def main() -> None:
     started = time.monotonic()
     print(f"# LLMMiddleware overhead ({'quick' if args.quick else 'default'} run)\n")
     print(f"- before: {environment_line()}")
+    print(f"- {source_line()}")
     print(f"- {LOGGING_NOTE}")
     print(f"- {cpu_line()}")
     print(
-        f"- in-process: {settings.inproc_rounds} rounds × {settings.inproc_requests:,} requests "
-        f"per variant; sockets: {settings.socket_rounds} rounds × ≤ {settings.socket_requests:,} "
-        f"requests / ≤ {settings.socket_seconds:g} s per variant, "
-        f"{settings.socket_concurrency} keep-alive connections; rotating order, median of "
-        "paired rounds\n"
+        f"- in-process: {settings.inproc_rounds} rounds × ~{settings.inproc_round_s:g} s "
+        f"(≤ {settings.inproc_requests:,} requests) per variant; sockets: "
+        f"{settings.socket_rounds} rounds × ≤ {settings.socket_requests:,} requests / "
+        f"≤ {settings.socket_seconds:g} s per variant; rotating order, median of paired rounds"
+    )
+    print(
+        f"- servers: uvicorn (1 worker, h11; {settings.socket_concurrency} keep-alive asyncio "
+        "clients) for ASGI; gunicorn, 1 sync worker (a connection per request; "
+        f"{SYNC_CLIENTS} client threads on blocking sockets) for WSGI, Flask and Django\n"
     )
     rows: list[Row] = []
+    notes: list[str] = []
     with fault_server.FaultServer() as provider:
         provider.default = fault_server.reply(_apps.INTENT_ANSWER)
-        for bench in BENCHMARKS:
-            rows += bench(settings, provider.url)
+        for framework in FRAMEWORKS:
+            for layer in LAYERS:
+                if framework in args.only and layer in args.layers:
+                    bench_rows, bench_notes = BENCHMARKS[framework, layer](settings, provider.url)
+                    rows += bench_rows
+                    notes += bench_notes
         provider_calls = len(provider.requests)
         print_table(HEADERS, rows)
+        print()
+        for note in notes:
+            print(f"- {note}")
         print(
-            f"\n- provider calls: {provider_calls} "
+            f"- provider calls: {provider_calls} "
             "(warm-ups only: every measured /search request hit the cache)"
         )
         if DROPPED_ERRORS:

@@ -127,12 +127,12 @@ class LLMMiddleware:
     def _prepare(
         self, request: HttpRequest
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
-        if hasattr(request, "llm"):  # listed twice in MIDDLEWARE
+        if "llm" in request.__dict__:  # listed twice in MIDDLEWARE
             return None
         request.llm = None  # views read request.llm on every path, matched or not
         try:
             engine = engine_from_settings.get()
-            rule = engine.match(request.method or "GET", request.path_info)
+            rule = engine.router.match(request.method or "GET", request.path_info)
             if rule is None:
                 return None
             deadline = Deadline(rule.budget_s)

@@ -33,7 +33,12 @@ class LLMMiddleware:
         middleware = LLMWSGIMiddleware(app.wsgi_app, config)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = middleware
-        app.before_request(_expose_result)
+        # g.llm is looked up only when a view asks for it: no per-request hook, so an
+        # unmatched request pays nothing here.
+        base = app.app_ctx_globals_class
+        app.app_ctx_globals_class = type(  # type: ignore[assignment]
+            f"LLM{base.__name__}", (_LLMGlobals, base), {}
+        )
 
     def close(self, app: flask.Flask) -> None:
         """Close the LLM clients (a shutdown hook, tests)."""
@@ -42,5 +47,25 @@ class LLMMiddleware:
             middleware.engine.close()
 
 
-def _expose_result() -> None:
-    flask.g.llm = flask.request.environ.get(RESULT_KEY)
+def _current_result() -> Any:
+    return flask.request.environ.get(RESULT_KEY) if flask.has_request_context() else None
+
+
+class _LLMGlobals:
+    """Mixed into the app's ``g`` class: ``g.llm`` / ``g.get("llm")`` / ``"llm" in g`` read the
+    request's result unless a view set ``g.llm`` itself (``None`` on unmatched paths)."""
+
+    __dict__: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "llm":
+            return _current_result()
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name == "llm" and "llm" not in self.__dict__:
+            return _current_result()
+        return super().get(name, default)  # type: ignore[misc]
+
+    def __contains__(self, item: object) -> bool:
+        return item == "llm" or super().__contains__(item)  # type: ignore[misc]

@@ -51,7 +51,7 @@ class _Shared:
     __slots__ = ("task", "deadline", "timeout")
 
     def __init__(self, deadline: Deadline) -> None:
-        self.task: asyncio.Task[BaseModel] | None = None
+        self.task: asyncio.Task[BaseModel | LLMError] | None = None
         self.deadline = deadline
         self.timeout: asyncio.Timeout | None = None
 
@@ -233,7 +233,7 @@ class LLMClient:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise LLMTimeout("no time left", reason="budget_exhausted")
-        result: BaseModel | None = None
+        result: BaseModel | LLMError | None = None
         try:
             async with asyncio.timeout(remaining):
                 result = await asyncio.shield(task)
@@ -241,6 +241,8 @@ class LLMClient:
             pass  # raised below, outside the handler: no traceback kept alive through context
         if result is None:
             raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
+        if isinstance(result, LLMError):  # shared by every caller: each raises its own
+            raise type(result)(str(result), reason=result.reason)
         return result.model_copy(deep=True), False  # type: ignore[return-value]
 
     async def aclose(self) -> None:
@@ -282,7 +284,7 @@ class LLMClient:
 
     def _done(
         self,
-        task: asyncio.Task[BaseModel],
+        task: asyncio.Task[BaseModel | LLMError],
         *,
         key: tuple[Any, ...],
         pending: dict[tuple[Any, ...], _Shared],
@@ -294,14 +296,14 @@ class LLMClient:
             del pending[key]
         if task.cancelled():
             return
-        exc = task.exception()  # also marks the exception retrieved when nobody awaits
+        exc = task.exception()  # also marks an unexpected exception retrieved
         if exc is not None:
-            # The traceback holds the task's frames, and through asyncio.timeout the task
-            # itself: a cycle only a full GC would free, stopping the loop while it runs.
             exc.__traceback__ = exc.__context__ = exc.__cause__ = None
-        if exc is None and self._cache is not None:
+            return
+        result = task.result()
+        if isinstance(result, BaseModel) and self._cache is not None:
             with self._lock:
-                self._cache[key] = task.result()
+                self._cache[key] = result
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -326,7 +328,7 @@ class LLMClient:
         text: str,
         shared: _Shared,
         stats: CallStats,
-    ) -> BaseModel:
+    ) -> BaseModel | LLMError:
         deadline = shared.deadline  # grows when a later caller joins
         messages = render(prompt, schema, text)
         last: LLMError | None = None
@@ -374,9 +376,12 @@ class LLMClient:
                 # A provider that hangs past a deadline of a second or more is failing.
                 trying.failure() if judged else trying.release_trial()
             last = None
-        if last is None:
-            raise LLMTimeout("budget exhausted", reason="deadline")
-        raise last
+        # Returned, not raised: an exception stored on the task would keep its traceback, this
+        # frame, `shared` and the asyncio.Timeout - and through them the task - in a cycle only
+        # a full GC frees (pausing the loop for tens of ms under load).
+        error = last if last is not None else LLMTimeout("budget exhausted", reason="deadline")
+        error.__traceback__ = error.__context__ = error.__cause__ = None
+        return error
 
     async def _call_provider(
         self,
