@@ -396,7 +396,10 @@ def build_django(config: Any, *, asgi: bool) -> Any:
     setup_django()
     from django.conf import settings
 
+    from llm_middleware.django import engine_from_settings
+
     settings.LLM_MIDDLEWARE = config
+    engine_from_settings.reset()  # assigned directly, not through override_settings
     if asgi:
         from django.core.asgi import get_asgi_application
 

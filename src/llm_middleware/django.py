@@ -18,6 +18,7 @@ try:
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
     from django.core.handlers.wsgi import LimitedStream
+    from django.core.signals import setting_changed
     from django.http import HttpRequest, HttpResponseBase, QueryDict
     from django.http.request import RawPostDataException
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -34,27 +35,36 @@ from .sync import process_request_sync, process_response_sync
 
 
 class _EngineFromSettings:
-    """Reads ``settings.LLM_MIDDLEWARE`` lazily and rebuilds when it changes, so that
-    ``override_settings`` works."""
+    """Reads ``settings.LLM_MIDDLEWARE`` lazily, once; ``override_settings`` (Django's
+    ``setting_changed`` signal) makes the next request rebuild it. No settings lookup on the
+    request path."""
 
     def __init__(self) -> None:
-        self._source: Any = None
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Engine:
-        source = getattr(settings, "LLM_MIDDLEWARE", None)
         engine = self._engine
-        if engine is not None and source is self._source:
+        if engine is not None:
             return engine
         with self._lock:  # request threads racing to build one engine
-            if self._engine is None or source is not self._source:
-                self._engine = Engine(source)
-                self._source = source
+            if self._engine is None:
+                self._engine = Engine(getattr(settings, "LLM_MIDDLEWARE", None))
             return self._engine
+
+    def reset(self) -> None:
+        self._engine = None
 
 
 engine_from_settings = _EngineFromSettings()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "LLM_MIDDLEWARE":
+        engine_from_settings.reset()
+
+
+setting_changed.connect(_on_setting_changed)
 
 
 class LLMMiddleware:
