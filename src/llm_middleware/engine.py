@@ -19,6 +19,7 @@ from .config import (
 )
 from .deadline import Deadline
 from .exchange import Headers, RequestExchange, ResponseExchange, SourceError
+from .inline import inline, need_loop
 from .interceptors.base import Interceptor, RequestContext
 from .interceptors.enrichment import EnrichmentInterceptor
 from .interceptors.intent import IntentInterceptor
@@ -124,6 +125,7 @@ class Engine:
         """Never raises (but for cancellation). In shadow mode the work goes to the background
         and the request sees only ``shadow`` outcomes."""
         if rule.mode == "shadow":
+            need_loop()
             result = LLMResult(rule=rule.label)
             for icpt in rule.interceptors:
                 result.record(icpt.name, "shadow")
@@ -278,8 +280,11 @@ class Engine:
             result.record(icpt.name, "timeout", "budget_exhausted")
             return False
         try:
-            async with asyncio.timeout(remaining):
+            if inline():  # no loop: nothing here may wait (an I/O step raises NeedsLoop)
                 outcome = await call()
+            else:
+                async with asyncio.timeout(remaining):
+                    outcome = await call()
         except TimeoutError:
             result.record(icpt.name, "timeout", "deadline")
         except SourceError as exc:

@@ -6,6 +6,7 @@ from .bridge import BACKGROUND
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
+from .inline import try_inline
 from .llm import CallStats
 from .result import LLMResult
 
@@ -20,6 +21,10 @@ def process_request_sync(
 
     Changes are read only from a run that finished: a run cancelled at the deadline may still
     touch ``exchange`` on the loop thread, so nothing of it is applied."""
+    done, inline_result = try_inline(lambda: engine.process_request(rule, exchange, deadline))
+    if done and inline_result is not None:  # a cache hit or masking only: no hop at all
+        return inline_result, exchange.new_body, exchange.new_query_string
+    exchange.new_body = exchange.new_query_string = None  # undo the partial inline run
     try:
         result = BACKGROUND.run(
             engine.process_request(rule, exchange, deadline), deadline.remaining() + _BACKSTOP_S
@@ -39,6 +44,11 @@ def process_response_sync(
 ) -> ResponseExchange:
     """The response side for sync callers, bounded by what the request side left."""
     remaining = max(0.0, rule.budget_s - result.added_ms / 1000.0)
+    done, _ = try_inline(lambda: engine.process_response(rule, result, response))
+    if done:
+        return response
+    response.new_body = None
+    response.set_headers.clear()
     try:
         BACKGROUND.run(engine.process_response(rule, result, response), remaining + _BACKSTOP_S)
     except TimeoutError:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from ..config import PIIMasking
 from ..exchange import ResponseExchange, SourceError, charset_of, is_json_type
+from ..inline import need_loop
 from ..pii import PIIDetector, Vault, mask_form, mask_json, mask_query, mask_text
 from .base import RequestContext
 
@@ -160,4 +161,5 @@ async def _off_loop_if_large(work: Callable[[], T], size: int, remaining_s: floa
         return work()
     if size / _MASK_BYTES_PER_S > remaining_s:
         raise SourceError("too_large_for_budget", f"{size} bytes")
+    need_loop()
     return await asyncio.to_thread(work)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import Anthropic, Config, OpenAICompatible, Prompt
 from ..deadline import Deadline
+from ..inline import need_loop
 from .errors import (
     CircuitOpen,
     LLMError,
@@ -211,6 +212,7 @@ class LLMClient:
                 stats.cache_hits += 1
                 return hit.model_copy(deep=True), True  # type: ignore[return-value]
 
+        need_loop()  # not cached: an inline run stops here and goes to the loop
         loop = asyncio.get_running_loop()
         pending = self._pending_for(loop)
         shared = pending.get(key)
