@@ -17,7 +17,7 @@ from apps import build_wsgi, make_config
 from fault_server import FaultServer, hang_after_headers
 from llm_middleware.bridge import BACKGROUND
 from llm_middleware.wsgi import LLMWSGIMiddleware
-from servers import serve_wsgi_thread
+from servers import Serve, serve_wsgi_thread
 
 
 def _background_tasks() -> int:
@@ -65,18 +65,17 @@ def test_no_leaks_after_a_burst_against_a_hanging_provider(fault_server: FaultSe
     assert fault_server.connections <= 64
 
 
-def test_shed_when_over_the_in_flight_cap(fault_server: FaultServer) -> None:
+def test_shed_when_over_the_in_flight_cap(serve: Serve, fault_server: FaultServer) -> None:
+    # On every adapter: two calls hang in flight, the other four pass through at once.
     fault_server.default = hang_after_headers()
-    app = build_wsgi(make_config(fault_server.url, budget_ms=300, max_in_flight=2))
     with (
-        serve_wsgi_thread(app) as base,
+        serve(max_in_flight=2) as base,
         httpx.Client(base_url=base, timeout=10) as client,
         concurrent.futures.ThreadPoolExecutor(6) as pool,
     ):
         results = list(
             pool.map(lambda i: client.get("/search", params={"q": f"q{i}"}).json(), range(6))
         )
-    app.engine.close()
     outcomes = sorted(r["outcomes"]["intent"] for r in results)
     assert outcomes.count("timeout") == 2
     assert outcomes.count("shed") == 4

@@ -7,7 +7,7 @@ from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, weak_etag
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
 from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
 
 Scope = MutableMapping[str, Any]
@@ -255,22 +255,9 @@ class _ResponseSide:
         await self.engine.process_response(self.rule, self.result, response)
         if response.new_body is None and not response.set_headers:
             return start, body
-        new_body = response.new_body if response.new_body is not None else body
-        raw = list(start.get("headers", []))
-        changed = {k.lower().encode("latin-1") for k in response.set_headers}
-        had_length = any(k.lower() == b"content-length" for k, _ in raw)
-        if response.new_body is not None or had_length:
-            changed.add(b"content-length")  # dropped below and written once, recomputed
-        out: list[tuple[bytes, bytes]] = []
-        for key, value in raw:
-            lower = key.lower()
-            if lower in changed:
-                continue
-            if lower == b"etag" and response.new_body is not None:
-                value = weak_etag(value.decode("latin-1")).encode("latin-1")
-            out.append((key, value))
-        for key, value in response.set_headers.items():
-            out.append((key.lower().encode("latin-1"), value.encode("latin-1", "replace")))
-        if response.new_body is not None or had_length:
-            out.append((b"content-length", str(len(new_body)).encode("latin-1")))
-        return {**start, "headers": out}, new_body
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        out = [
+            (k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
+            for k, v in response.headers_after(raw)
+        ]
+        return {**start, "headers": out}, response.current_body

@@ -23,10 +23,6 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.end - monotonic())
 
-    @property
-    def expired(self) -> bool:
-        return monotonic() >= self.end
-
     def elapsed_ms(self) -> float:
         return (monotonic() - self.start) * 1000.0
 

@@ -14,7 +14,6 @@ __all__ = [
     "SourceError",
     "json_pointer_get",
     "json_pointer_set",
-    "read_source",
     "read_source_value",
     "weak_etag",
 ]
@@ -222,15 +221,10 @@ def json_pointer_set(document: Any, pointer: str, value: Any, *, overwrite: bool
     return True
 
 
-def read_source(exchange: RequestExchange, source: str) -> str:
-    """The text an interceptor reads: ``query:``, ``form:``, ``json:``, ``header:`` or ``body``."""
-    value = read_source_value(exchange, source)
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
 def read_source_value(exchange: RequestExchange, source: str) -> Any:
-    """Like :func:`read_source`, but a ``json:`` source gives the JSON value itself (so that
-    masking can apply its field-name rules to it before it is sent anywhere)."""
+    """What an interceptor reads: text from ``query:``, ``form:``, ``header:`` or ``body``; the
+    JSON value itself from ``json:`` (so that masking can apply its field-name rules to it
+    before it is sent anywhere)."""
     kind, _, name = source.partition(":")
     if kind == "query":
         for key, value in _parse_pairs(exchange.current_query_string):
@@ -314,6 +308,29 @@ class ResponseExchange:
             raise SourceError("body_not_json", "response") from None
         self._json = (body, value)
         return value
+
+    def headers_after(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The response's header list once interceptors changed it: Content-Length written
+        once and recomputed, a strong ETag weakened when the body changed, interceptor
+        headers set."""
+        replaced = {k.lower() for k in self.set_headers}
+        body_changed = self.new_body is not None
+        out: list[tuple[str, str]] = []
+        length_name: str | None = None
+        for key, value in headers:
+            lower = key.lower()
+            if lower == "content-length":
+                length_name = key  # the app's spelling is kept
+                continue
+            if lower in replaced:
+                continue
+            if lower == "etag" and body_changed:
+                value = weak_etag(value)
+            out.append((key, value))
+        out.extend(self.set_headers.items())
+        if length_name is not None or body_changed:
+            out.append((length_name or "Content-Length", str(len(self.current_body))))
+        return out
 
     def text(self) -> str:
         charset = charset_of(self.headers.get("content-type") or "")

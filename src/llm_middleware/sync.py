@@ -5,7 +5,7 @@ from __future__ import annotations
 from .bridge import BACKGROUND
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, weak_etag
+from .exchange import RequestExchange, ResponseExchange
 from .inline import try_inline
 from .llm import CallStats
 from .result import LLMResult
@@ -56,32 +56,3 @@ def process_response_sync(
             result.record(icpt.name, "timeout", "deadline")
         return ResponseExchange(response.status, response.headers, response.body)
     return response
-
-
-def rewrite_headers(
-    headers: list[tuple[str, str]], response: ResponseExchange, body_len: int
-) -> list[tuple[str, str]]:
-    """Headers for a changed response: Content-Length recomputed, a strong ETag weakened,
-    interceptor headers set."""
-    replaced = {k.lower() for k in response.set_headers}
-    body_changed = response.new_body is not None
-    out: list[tuple[str, str]] = []
-    had_length = False
-    for key, value in headers:
-        lower = key.lower()
-        if lower == "content-length":
-            had_length = True
-            continue
-        if lower in replaced:
-            continue
-        if lower == "etag" and body_changed:
-            value = weak_etag(value)
-        out.append((key, value))
-    out.extend(response.set_headers.items())
-    if had_length or body_changed:
-        out.append(("Content-Length", str(body_len)))
-    return out
-
-
-def response_headers(headers: list[tuple[str, str]]) -> Headers:
-    return Headers(headers)

@@ -11,7 +11,7 @@ from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
 from .observability import log_internal_error, reset_request_pii, set_request_pii
-from .sync import process_request_sync, process_response_sync, rewrite_headers
+from .sync import process_request_sync, process_response_sync
 
 RESULT_KEY = "llm_middleware.result"
 
@@ -23,11 +23,12 @@ class LLMWSGIMiddleware:
     def __init__(self, app: WSGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
+        self._match = self.engine.router.match
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if RESULT_KEY in environ:  # wrapped twice: the outer instance already handled it
             return self.app(environ, start_response)
-        rule = self.engine.match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
+        rule = self._match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
         if rule is None:
             return self.app(environ, start_response)
         try:
@@ -201,7 +202,7 @@ class _ResponseSide:
             response = process_response_sync(self.engine, self.rule, self.result, response)
             if response.new_body is not None or response.set_headers:
                 body = response.current_body
-                headers = rewrite_headers(headers, response, len(body))
+                headers = response.headers_after(headers)
         except Exception as exc:  # ours: the app's response goes out as it was
             log_internal_error("wsgi.response", exc)
             headers = self.headers

@@ -17,8 +17,6 @@ class Privacy(Protocol):
     """Set on the context by the PII interceptor: masks text bound for a provider and restores
     placeholders in what comes back. Without PII masking on the rule it is the identity."""
 
-    def protect(self, text: str) -> str: ...
-
     def protect_value(self, value: Any) -> str:
         """A JSON value as text for a prompt, masked like a request body would be (field-name
         rules included)."""
@@ -28,9 +26,6 @@ class Privacy(Protocol):
 
 
 class _NoPrivacy:
-    def protect(self, text: str) -> str:
-        return text
-
     def protect_value(self, value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 

@@ -277,11 +277,6 @@ class LLMClient:
             else:
                 loop.run_until_complete(client.aclose())
 
-    def cache_clear(self) -> None:
-        if self._cache is not None:
-            with self._lock:
-                self._cache.clear()
-
     # -- internals ----------------------------------------------------------------------------
 
     def _done(
