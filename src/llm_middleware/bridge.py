@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+import anyio
 
 T = TypeVar("T")
 
@@ -62,3 +65,48 @@ class BackgroundLoop:
 
 BACKGROUND = BackgroundLoop()
 os.register_at_fork(after_in_child=BACKGROUND._after_fork)
+
+
+async def wait_future(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """Wait at most ``timeout`` seconds for a future that another thread completes (the
+    background loop, a worker pool), under whatever async library runs the caller: asyncio
+    or trio, through anyio. Raises ``TimeoutError`` when the time is up; never cancels
+    ``future`` (the work it stands for ends by its own bounds), so nothing is ever cut off
+    in the middle of a connection pool's bookkeeping.
+
+    The waiter is woken by a callback scheduled on its own loop; if that loop has gone away
+    the callback is dropped."""
+    if future.done():
+        return future.result()
+    event = anyio.Event()
+    wake = _waker(event)
+    future.add_done_callback(wake)
+    with anyio.move_on_after(max(0.0, timeout)):
+        await event.wait()
+    if not future.done():
+        # Drop our callback: a future that outlives many waiters must not pin their events.
+        with contextlib.suppress(ValueError):
+            future._done_callbacks.remove(wake)  # type: ignore[attr-defined]
+        raise TimeoutError
+    return future.result()
+
+
+def _waker(event: anyio.Event) -> Callable[[concurrent.futures.Future[Any]], None]:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio (anyio supports no other backend)
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio(_: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(Exception):  # the run has finished
+                token.run_sync_soon(event.set)
+
+        return wake_trio
+
+    def wake_asyncio(_: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(event.set)
+
+    return wake_asyncio
