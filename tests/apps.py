@@ -58,7 +58,7 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                 "path": "/pii-echo",
                 "budget_ms": budget_ms,
                 "interceptors": [
-                    {"type": "pii_masking"},
+                    {"type": "pii_masking", "mask_for": ["providers", "app"]},
                     {"type": "intent", "schema": schema, "source": "json:/message"},
                 ],
             },
@@ -144,7 +144,7 @@ def make_config(provider_url: str, *, budget_ms: int = 300, **overrides: Any) ->
                 "path": "/pii-form-echo",
                 "budget_ms": budget_ms,
                 "interceptors": [
-                    {"type": "pii_masking"},
+                    {"type": "pii_masking", "mask_for": ["providers", "app"]},
                     {"type": "intent", "schema": schema, "source": "form:message"},
                 ],
             },

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 from urllib.parse import parse_qsl
 
@@ -115,7 +116,7 @@ def test_mask_text_redact() -> None:
 
 
 def test_mask_text_hash_is_keyed_and_deterministic() -> None:
-    digest = hashlib.blake2b(EMAIL.encode(), key=b"pepper").hexdigest()[:12]
+    digest = hmac.new(b"pepper", EMAIL.encode(), hashlib.sha256).hexdigest()[:32]
     masked = mask_text(f"to {EMAIL}", DETECTOR, Vault(), "hash", salt=b"pepper")
     assert masked == f"to <EMAIL_ADDRESS:{digest}>"
     assert mask_text(f"to {EMAIL}", DETECTOR, Vault(), "hash", salt=b"pepper") == masked
@@ -141,8 +142,13 @@ def test_mask_text_unknown_strategy() -> None:
 def test_every_strategy_records_values_for_scrubbing() -> None:
     for strategy in ("placeholder", "redact", "hash", "partial"):
         vault = Vault()
-        mask_text(f"to {EMAIL}", DETECTOR, vault, strategy)
+        mask_text(f"to {EMAIL}", DETECTOR, vault, strategy, salt=b"key")
         assert vault.values == {EMAIL}
+
+
+def test_hash_without_a_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs a key"):
+        mask_text(f"to {EMAIL}", DETECTOR, Vault(), "hash")
 
 
 def test_non_ascii_text() -> None:
@@ -173,9 +179,10 @@ def test_mask_json_nested() -> None:
     assert vault.restore_obj(masked) == body
 
 
-def test_mask_json_keys_are_kept() -> None:
-    masked = mask_json({EMAIL: "x"}, DETECTOR, Vault())
-    assert masked == {EMAIL: "x"}
+def test_mask_json_masks_keys_and_numbers() -> None:
+    # A value used as a key, or a card sent as a JSON number, is still a value.
+    masked = mask_json({EMAIL: "primary", "pan": 4111111111111111, "n": 7}, DETECTOR, Vault())
+    assert masked == {"<EMAIL_ADDRESS_1>": "primary", "pan": "<CREDIT_CARD_1>", "n": 7}
 
 
 @pytest.mark.parametrize(

@@ -88,16 +88,18 @@ def test_no_masking_no_llm_call(serve: Serve, fault_server: FaultServer) -> None
     assert fault_server.requests == []
 
 
-def test_non_utf8_body_on_a_masking_rule_passes_through(
+def test_non_utf8_body_on_a_masking_rule_is_masked_byte_exact(
     serve: Serve, fault_server: FaultServer
 ) -> None:
-    raw = b"\xff\xfe caf\xe9 " + EMAIL.encode()
+    # Undecodable bytes are data, not a way around masking: the address is masked and every
+    # other byte (invalid UTF-8 included) reaches the app as it was sent.
+    raw = b"\xff\xfe caf\xe9 " + EMAIL.encode() + b" \xc3"
+    expected = b"\xff\xfe caf\xe9 <EMAIL_ADDRESS_1> \xc3"
     with serve() as base:
         data = httpx.post(base + "/pii-echo", content=raw,
                           headers={"content-type": "text/plain"}).json()  # fmt: skip
-    assert data["body_sha256"] == __import__("hashlib").sha256(raw).hexdigest()
-    assert data["reasons"]["pii_masking"] == "undecodable"
-    assert fault_server.requests == []
+    assert data["body_sha256"] == __import__("hashlib").sha256(expected).hexdigest()
+    assert data["outcomes"]["pii_masking"] == "ok"
 
 
 @pytest.fixture
@@ -151,7 +153,7 @@ def test_sensitive_json_fields_never_reach_the_provider(
     config = {
         "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m"}],
         "rules": [{"path": "/signup", "interceptors": [
-            {"type": "pii_masking", "targets": ["query"]},
+            {"type": "pii_masking", "targets": ["query"], "mask_for": ["providers", "app"]},
             {"type": "intent", "schema": "schemas.SearchIntent", "source": "json:/user"},
         ]}],
     }  # fmt: skip
@@ -204,7 +206,7 @@ def test_keep_fields_reach_the_app_but_not_the_provider(fault_server: FaultServe
     config = {
         "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m"}],
         "rules": [{"path": "/tickets", "interceptors": [
-            {"type": "pii_masking", "keep_fields": ["email"]},
+            {"type": "pii_masking", "keep_fields": ["email"], "mask_for": ["providers", "app"]},
             {"type": "intent", "schema": "schemas.SearchIntent", "source": "json:"},
         ]}],
     }  # fmt: skip

@@ -211,8 +211,33 @@ class PIIMasking(_Model):
     # Field names (JSON keys at any depth, form and query fields) whose values reach the app
     # unmasked, e.g. an "email" the view must validate and use. Still masked for providers.
     keep_fields: list[str] = Field(default_factory=list)
+    # Names the environment variable that holds the HMAC key; required by strategy "hash".
     salt_env: str | None = None
     targets: list[Literal["query", "body", "response"]] = ["query", "body"]
+    # Who gets masked values: "providers" always (prompts, whatever their source); with "app",
+    # the query and body the app sees are masked too. The default leaves the app its own fields
+    # (logins, CSRF tokens), so masking a route never breaks it.
+    mask_for: list[Literal["providers", "app"]] = ["providers"]
+    # When masking cannot run (body too large, streaming, undecodable, out of time): let the
+    # request through as it came ("passthrough", the default: the app then sees the raw body)
+    # or answer 413/415/422 without calling the app ("reject").
+    on_masking_failure: Literal["passthrough", "reject"] = "passthrough"
+
+    @field_validator("mask_for")
+    @classmethod
+    def _check_mask_for(cls, value: list[str]) -> list[str]:
+        if "providers" not in value:
+            raise ValueError('mask_for must include "providers"')
+        return value
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> PIIMasking:
+        if self.strategy == "hash" and not self.salt_env:
+            raise ValueError(
+                'strategy "hash" is a keyed HMAC: set salt_env to the name of the environment '
+                "variable that holds the key"
+            )
+        return self
 
 
 class ResponseEnrichment(_Model):
@@ -227,6 +252,8 @@ class ResponseEnrichment(_Model):
     # seconds (holding an in-flight slot), and its cached result enriches the next identical
     # response at once. 0 = off.
     stale_while_revalidate_s: float = Field(default=0.0, ge=0.0, le=300.0)
+    # into "header:NAME": a larger value is not written (outcome skipped, header_too_large).
+    max_header_bytes: int = Field(default=4096, gt=0, le=65_536)
 
     @field_validator("source")
     @classmethod

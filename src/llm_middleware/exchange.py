@@ -73,6 +73,7 @@ class RequestExchange:
         "client_key",
         "new_body",
         "new_query_string",
+        "reject",
         "_json",
     )
 
@@ -96,6 +97,9 @@ class RequestExchange:
         self.client_key = client_key
         self.new_body: bytes | None = None
         self.new_query_string: str | None = None
+        # Set when a rule fails closed (pii_masking with on_masking_failure="reject"): the
+        # adapter answers with this status and JSON body instead of calling the app.
+        self.reject: tuple[int, bytes] | None = None
         self._json: tuple[bytes, Any] | None = None
 
     @property

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from ..deadline import Deadline
-from ..exchange import RequestExchange, ResponseExchange
+from ..exchange import RequestExchange, ResponseExchange, SourceError
 from ..llm import CallStats, LLMClient
 from ..result import LLMResult
 
@@ -17,17 +17,28 @@ class Privacy(Protocol):
     """Set on the context by the PII interceptor: masks text bound for a provider and restores
     placeholders in what comes back. Without PII masking on the rule it is the identity."""
 
-    def protect_value(self, value: Any) -> str:
-        """A JSON value as text for a prompt, masked like a request body would be (field-name
-        rules included)."""
+    def protect_value(self, value: Any, source: str = "", max_chars: int | None = None) -> str:
+        """A value read from ``source`` (``query:q``, ``json:/a``...) as text for a prompt,
+        masked: field-name rules on the source's name, the detector on text, JSON keys and
+        numbers. Text is cut to ``max_chars`` *before* detection; a structured value whose
+        JSON is longer raises ``SourceError("input_too_long")``."""
         ...
 
     def restore(self, value: Any) -> Any: ...
 
 
+def cut_text(text: str, max_chars: int | None) -> str:
+    return text if max_chars is None else text[:max_chars]
+
+
 class _NoPrivacy:
-    def protect_value(self, value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    def protect_value(self, value: Any, source: str = "", max_chars: int | None = None) -> str:
+        if isinstance(value, str):
+            return cut_text(value, max_chars)
+        text = json.dumps(value, ensure_ascii=False)
+        if max_chars is not None and len(text) > max_chars:
+            raise SourceError("input_too_long", f"{len(text)} characters")
+        return text
 
     def restore(self, value: Any) -> Any:
         return value

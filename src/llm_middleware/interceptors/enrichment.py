@@ -60,9 +60,8 @@ class EnrichmentInterceptor:
             raise SourceError("source_missing", f"no JSON value at {self.source!r}") from None
         if value is None or value == "":
             raise SourceError("source_missing", "empty value")
-        if isinstance(value, str):
-            value = value[:MAX_INPUT_CHARS]
-        text = ctx.privacy.protect_value(value)
+        # Cut before masking: detection costs time in proportion to what it reads.
+        text = ctx.privacy.protect_value(value, self.config.source, MAX_INPUT_CHARS)
         obj, cached = await ctx.llm.structured(
             self.schema,
             self.prompt,
@@ -74,9 +73,12 @@ class EnrichmentInterceptor:
         obj = ctx.restore_model(obj)
         if self.into_header:
             # ASCII-only JSON: header values are latin-1 on the wire.
-            response.set_headers[self.target] = json.dumps(
-                obj.model_dump(mode="json"), separators=(",", ":")
-            )
+            value = json.dumps(obj.model_dump(mode="json"), separators=(",", ":"))
+            if len(value) > self.config.max_header_bytes:
+                raise SourceError(
+                    "header_too_large", f"{len(value)} > {self.config.max_header_bytes} bytes"
+                )
+            response.set_headers[self.target] = value
         else:
             json_pointer_set(document, self.target, obj.model_dump(mode="json"), overwrite=True)
             response.new_body = dumps_like(document, response.body)

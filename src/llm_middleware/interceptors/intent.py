@@ -47,7 +47,10 @@ class IntentInterceptor:
         raise NotImplementedError  # handles_response is False: never called
 
     async def on_request(self, ctx: RequestContext) -> str:
-        text = ctx.privacy.protect_value(read_source_value(ctx.exchange, self.config.source))
+        source = self.config.source
+        # Cut one past the cap before masking (detection cost bounded), refused below.
+        value = read_source_value(ctx.exchange, source)
+        text = ctx.privacy.protect_value(value, source, MAX_INPUT_CHARS + 1)
         if len(text) > MAX_INPUT_CHARS:
             raise SourceError("input_too_long", f"{len(text)} characters")
         obj, cached = await ctx.llm.structured(

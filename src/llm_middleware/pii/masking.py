@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
+import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote_plus, unquote_plus
 
-from .detectors import PIIDetector
+from .detectors import Finding, PIIDetector
 
 __all__ = [
     "DEFAULT_SENSITIVE_KEYS",
@@ -19,6 +22,7 @@ __all__ = [
     "Vault",
     "mask_form",
     "mask_json",
+    "mask_json_text",
     "mask_query",
     "mask_text",
     "scrub",
@@ -56,6 +60,12 @@ DEFAULT_SENSITIVE_KEYS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# Names that look like secrets but are the app's own plumbing: anti-forgery tokens (Django's
+# csrfmiddlewaretoken and X-CSRFToken, Flask-WTF's csrf_token, Rails' authenticity_token,
+# Express' _csrf, Angular's X-XSRF-TOKEN) and pagination cursors (page_token). Field-name rules
+# never match them, and masking for the app leaves their values alone.
+_EXEMPT_KEY = re.compile(r"csrf|xsrf|authenticitytoken$|pagetoken$|continuationtoken$")
+
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
 _NOT_ENTITY_CHAR = re.compile(r"[^A-Z0-9_]")
 _NOT_KEY_CHAR = re.compile(r"[^a-z0-9]")
@@ -77,7 +87,7 @@ class Vault:
     def __init__(self) -> None:
         self._placeholders: dict[tuple[str, str], str] = {}
         self._originals: dict[str, str] = {}
-        self._values: set[str] = set()
+        self._values: dict[str, str] = {}  # value -> entity type of its first sighting
         self._next: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
         self._scrub_pattern: re.Pattern[str] | None = None
@@ -86,8 +96,24 @@ class Vault:
         """Count one masked occurrence and remember the value (for :meth:`scrub`)."""
         self._counts[entity_type] += 1
         if value not in self._values:
-            self._values.add(value)
+            self._values[value] = entity_type
             self._scrub_pattern = None
+
+    def known_findings(self, text: str) -> list[Finding]:
+        """Every occurrence of a value this vault has masked, as findings (one pass): what
+        restoration put back is found again even where a detector would not see it
+        (``ID536221234``)."""
+        if not self._values:
+            return []
+        if self._scrub_pattern is None:
+            self._scrub_pattern = _alternation(self._values)
+        if self._scrub_pattern is None:
+            return []
+        values = self._values
+        return [
+            Finding(values[m.group()], m.start(), m.end(), m.group(), 1.0)
+            for m in self._scrub_pattern.finditer(text)
+        ]
 
     def placeholder_for(self, entity_type: str, value: str) -> str:
         """``<EMAIL_ADDRESS_1>``...; the same value gets the same placeholder in this vault."""
@@ -172,10 +198,11 @@ def _replacement(
     if strategy == "redact":
         return f"[{entity_type}]"
     if strategy == "hash":
-        # blake2b keys are at most 64 bytes; a longer salt is reduced to its own digest.
-        key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
-        digest = hashlib.blake2b(value.encode("utf-8"), key=key).hexdigest()
-        return f"<{entity_type}:{digest[:12]}>"
+        # Keyed: without the key, a phone number or an SSN is brute-forced from its digest.
+        if not salt:
+            raise ValueError('strategy "hash" needs a key (salt_env)')
+        digest = hmac.new(salt, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return f"<{entity_type}:{digest.hexdigest()[:32]}>"
     if strategy == "partial":
         # Below 8 characters, showing the last 4 would give away most of the value.
         return "****" + value[-4:] if len(value) >= 8 else "****"
@@ -188,9 +215,14 @@ def mask_text(
     vault: Vault,
     strategy: MaskStrategy = "placeholder",
     salt: bytes = b"",
+    *,
+    known: bool = False,
 ) -> str:
-    """Replace every finding of ``detector`` in ``text``; counts are recorded in ``vault``."""
+    """Replace every finding of ``detector`` in ``text``; counts are recorded in ``vault``.
+    With ``known``, every value ``vault`` already masked is replaced too, wherever it is."""
     findings = detector.detect(text)
+    if known:
+        findings = _merge(findings, vault.known_findings(text))
     if not findings:
         return text
     parts: list[str] = []
@@ -201,6 +233,23 @@ def mask_text(
         pos = f.end
     parts.append(text[pos:])
     return "".join(parts)
+
+
+def _merge(first: list[Finding], second: list[Finding]) -> list[Finding]:
+    """Both lists sorted and non-overlapping in themselves; keep the earlier (then longer)
+    finding where two overlap. Linear after the sort."""
+    if not second:
+        return first
+    if not first:
+        return second
+    merged = sorted([*first, *second], key=lambda f: (f.start, -f.end))
+    out: list[Finding] = []
+    end = -1
+    for f in merged:
+        if f.start >= end:
+            out.append(f)
+            end = f.end
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -231,8 +280,16 @@ class _KeyRules:
     def entity_for(self, key: object) -> str | None:
         if not isinstance(key, str):
             return None
-        m = self._pattern.search(_NOT_KEY_CHAR.sub("", key.lower()))
+        normalised = _NOT_KEY_CHAR.sub("", key.lower())
+        if _EXEMPT_KEY.search(normalised):
+            return None
+        m = self._pattern.search(normalised)
         return self._by_name[m.group()] if m else None
+
+
+def is_exempt_key(key: str) -> bool:
+    """An anti-forgery or pagination field: never masked by name, left alone for the app."""
+    return _EXEMPT_KEY.search(_NOT_KEY_CHAR.sub("", key.lower())) is not None
 
 
 def _mask_whole(
@@ -252,6 +309,27 @@ def _mask_whole(
     return obj
 
 
+class Stopwatch:
+    """Cooperative deadline for a masking job that may run in an abandoned worker thread:
+    checked between fields, so a job whose request has given up stops soon after."""
+
+    __slots__ = ("_calls", "_stop_at")
+
+    def __init__(self, stop_at: float | None) -> None:
+        self._stop_at = stop_at
+        self._calls = 0
+
+    def check(self) -> None:
+        if self._stop_at is None:
+            return
+        self._calls += 1
+        if self._calls & 63 == 0 and time.monotonic() > self._stop_at:
+            raise TimeoutError("masking ran out of time")
+
+
+_NO_STOP = Stopwatch(None)
+
+
 def mask_json(
     obj: object,
     detector: PIIDetector,
@@ -261,9 +339,10 @@ def mask_json(
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
     keep_keys: frozenset[str] = frozenset(),
 ) -> object:
-    """Return a masked copy of a decoded JSON value; keys are kept unchanged.
+    """Return a masked copy of a decoded JSON value.
 
-    Strings are masked by the detector. A value under a sensitive key (see
+    Strings and keys are masked by the detector, and so are numbers (a card number sent as a
+    JSON number comes back as a masked string). A value under a sensitive key (see
     :data:`DEFAULT_SENSITIVE_KEYS`) is masked whole, strings and numbers alike. A value under
     a key in ``keep_keys`` (exact name, any depth) is left as it is.
     """
@@ -272,14 +351,21 @@ def mask_json(
     def walk(node: object) -> object:
         if isinstance(node, str):
             return mask_text(node, detector, vault, strategy, salt)
+        if isinstance(node, int | float) and not isinstance(node, bool):
+            literal = str(node)
+            masked = mask_text(literal, detector, vault, strategy, salt)
+            return node if masked == literal else masked
         if isinstance(node, dict):
             out: dict[object, object] = {}
             for key, value in node.items():
+                new_key = (
+                    mask_text(key, detector, vault, strategy, salt) if isinstance(key, str) else key
+                )
                 if key in keep_keys:
-                    out[key] = value
+                    out[new_key] = value
                     continue
                 entity = rules.entity_for(key)
-                out[key] = (
+                out[new_key] = (
                     walk(value)
                     if entity is None
                     else _mask_whole(value, entity, vault, strategy, salt)
@@ -294,6 +380,116 @@ def mask_json(
     return walk(obj)
 
 
+# One JSON token (of a document already validated by json.loads): a string (unrolled loop,
+# linear), a number, a bare word (true/false/null/NaN/Infinity) or punctuation. Whitespace is
+# skipped by finditer.
+_JSON_TOKEN = re.compile(
+    r'"[^"\\]*(?:\\.[^"\\]*)*"|-?[0-9][0-9.eE+\-]*|-?[A-Za-z]+|[{}\[\]:,]', re.S
+)
+_BAD_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def _json_string(value: str) -> str:
+    # Raw characters where the text can carry them; escapes for lone surrogates that the
+    # body's encoding could not (\udc80-\udcff stand for undecodable bytes and go back as they
+    # came).
+    return json.dumps(value, ensure_ascii=_BAD_SURROGATE.search(value) is not None)
+
+
+def mask_json_text(
+    text: str,
+    detector: PIIDetector,
+    vault: Vault,
+    strategy: MaskStrategy = "placeholder",
+    salt: bytes = b"",
+    sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
+    keep_keys: frozenset[str] = frozenset(),
+    *,
+    known: bool = False,
+    stopwatch: Stopwatch = _NO_STOP,
+) -> str:
+    """Mask a JSON document in its text: only the masked string tokens, keys and numbers are
+    replaced; every other character (number spelling, key order, duplicate keys, whitespace,
+    escapes) stays as it was. Same rules as :func:`mask_json`; anti-forgery and pagination
+    fields are left alone. ``text`` must be valid JSON (check with ``json.loads`` first). One
+    pass over the text: linear in its length."""
+    rules = _KeyRules(sensitive_keys)
+    parts: list[str] = []
+    pos = 0
+    # Per open container: [is_object, expecting_key, inherited (entity, keep), next (entity, keep)]
+    stack: list[list[Any]] = []
+    top: tuple[str | None, bool] = (None, False)
+
+    def value_context() -> tuple[str | None, bool]:
+        if not stack:
+            return top
+        frame = stack[-1]
+        return frame[3] if frame[0] else frame[2]  # type: ignore[no-any-return]
+
+    def mask(value: str, entity: str | None) -> str:
+        if entity is not None:
+            return _replacement(entity, value, vault, strategy, salt) if value else value
+        return mask_text(value, detector, vault, strategy, salt, known=known)
+
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        first = token[0]
+        if first == "{" or first == "[":
+            context = value_context()
+            stack.append([first == "{", first == "{", context, context])
+            continue
+        if first == "}" or first == "]":
+            if stack:
+                stack.pop()
+            continue
+        if first == ":":
+            if stack:
+                stack[-1][1] = False
+            continue
+        if first == ",":
+            if stack and stack[-1][0]:
+                stack[-1][1] = True
+            continue
+        stopwatch.check()
+        if first == '"':
+            value = json.loads(token) if "\\" in token else token[1:-1]
+            frame = stack[-1] if stack else None
+            if frame is not None and frame[0] and frame[1]:  # an object key
+                entity, keep = frame[2]
+                if keep or value in keep_keys or is_exempt_key(value):
+                    frame[3] = (None, True)
+                elif entity is not None:
+                    frame[3] = (entity, False)
+                else:
+                    frame[3] = (rules.entity_for(value), False)
+                if keep:
+                    continue
+                masked = mask(value, None)
+            else:
+                entity, keep = value_context()
+                if keep:
+                    continue
+                masked = mask(value, entity)
+            if masked != value:
+                parts.append(text[pos : m.start()])
+                parts.append(_json_string(masked))
+                pos = m.end()
+            continue
+        if first == "-" or first.isdigit():
+            entity, keep = value_context()
+            if keep:
+                continue
+            masked = mask(token, entity)
+            if masked != token:
+                parts.append(text[pos : m.start()])
+                parts.append(_json_string(masked))
+                pos = m.end()
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
 def mask_form(
     body: str,
     detector: PIIDetector,
@@ -302,11 +498,14 @@ def mask_form(
     salt: bytes = b"",
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
     keep_keys: frozenset[str] = frozenset(),
+    *,
+    stopwatch: Stopwatch = _NO_STOP,
 ) -> str:
-    """Mask an ``application/x-www-form-urlencoded`` body field by field.
+    """Mask an ``application/x-www-form-urlencoded`` body field by field, names included.
 
-    Only the pairs whose value changes are re-encoded; every other byte is kept as it was.
-    Fields named in ``keep_keys`` are left as they are.
+    Only the pairs that change are re-encoded; every other byte is kept as it was (escapes
+    that are not UTF-8 included). Fields named in ``keep_keys`` and anti-forgery fields are
+    left as they are.
     """
     if not body:
         return body
@@ -314,23 +513,33 @@ def mask_form(
     pairs = body.split("&")
     changed = False
     for i, pair in enumerate(pairs):
+        stopwatch.check()
         raw_name, sep, raw_value = pair.partition("=")
-        if not sep or not raw_value:
+        # Same decoding as urllib.parse.parse_qsl, but lossless: bytes that are not UTF-8
+        # become lone surrogates and are encoded back to the same bytes.
+        name = unquote_plus(raw_name, errors="surrogateescape")
+        if name in keep_keys or is_exempt_key(name):
             continue
-        # Same decoding as urllib.parse.parse_qsl(keep_blank_values=True).
-        value = unquote_plus(raw_value, errors="replace")
-        name = unquote_plus(raw_name, errors="replace")
-        if name in keep_keys:
-            continue
+        masked_name = mask_text(name, detector, vault, strategy, salt)
+        value = unquote_plus(raw_value, errors="surrogateescape")
         entity = rules.entity_for(name)
-        if entity is None:
+        masked: str
+        if not value:
+            masked = value
+        elif entity is None:
             masked = mask_text(value, detector, vault, strategy, salt)
         else:
             masked = _replacement(entity, value, vault, strategy, salt)
-        if masked != value:
-            pairs[i] = f"{raw_name}={quote_plus(masked)}"
+        if masked != value or masked_name != name:
+            new_name = raw_name if masked_name == name else _quote(masked_name)
+            new_value = raw_value if masked == value else _quote(masked)
+            pairs[i] = f"{new_name}{sep}{new_value}"
             changed = True
     return "&".join(pairs) if changed else body
+
+
+def _quote(value: str) -> str:
+    return quote_plus(value, errors="surrogateescape")
 
 
 def mask_query(
@@ -341,6 +550,11 @@ def mask_query(
     salt: bytes = b"",
     sensitive_keys: Mapping[str, str] = DEFAULT_SENSITIVE_KEYS,
     keep_keys: frozenset[str] = frozenset(),
+    *,
+    stopwatch: Stopwatch = _NO_STOP,
 ) -> str:
     """Mask a URL query string (without the leading ``?``); same rules as :func:`mask_form`."""
-    return mask_form(query_string, detector, vault, strategy, salt, sensitive_keys, keep_keys)
+    return mask_form(
+        query_string, detector, vault, strategy, salt, sensitive_keys, keep_keys,
+        stopwatch=stopwatch,
+    )  # fmt: skip
