@@ -76,7 +76,7 @@ LLM_MIDDLEWARE = {
             # No LLM here: masking only, before the view sees request.body.
             "path": "/tickets",
             "methods": ["POST"],
-            "interceptors": [{"type": "pii_masking"}],
+            "interceptors": [{"type": "pii_masking", "mask_for": ["providers", "app"]}],
         },
         {
             "path": "/articles/{id:int}",

@@ -154,7 +154,7 @@ def llm_config() -> Config:
                 # No LLM here: masking only, before the view sees the body.
                 "path": "/tickets",
                 "methods": ["POST"],
-                "interceptors": [{"type": "pii_masking"}],
+                "interceptors": [{"type": "pii_masking", "mask_for": ["providers", "app"]}],
             },
             {
                 "path": "/articles/{id:int}",

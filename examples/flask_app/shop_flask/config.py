@@ -42,7 +42,7 @@ def llm_middleware_settings() -> dict[str, Any]:
                 # No LLM here: masking only, before the view sees the body.
                 "path": "/tickets",
                 "methods": ["POST"],
-                "interceptors": [{"type": "pii_masking"}],
+                "interceptors": [{"type": "pii_masking", "mask_for": ["providers", "app"]}],
             },
             {
                 "path": "/articles/{id:int}",
