@@ -69,7 +69,8 @@ def test_cache_hit_is_served_without_a_hop(fault_server: FaultServer, hops: list
 
 def test_masking_only_needs_no_hop(fault_server: FaultServer, hops: list[str]) -> None:
     config = make_config(fault_server.url)
-    config["rules"].insert(0, {"path": "/tickets", "interceptors": [{"type": "pii_masking", "mask_for": ["providers", "app"]}]})
+    masking = {"type": "pii_masking", "mask_for": ["providers", "app"]}
+    config["rules"].insert(0, {"path": "/tickets", "interceptors": [masking]})
     app = LLMWSGIMiddleware(lambda e, s: [], config)
     body = json.dumps({"message": "mail jane@example.com"}).encode()
     seen = _call(app, "/tickets", body=body, content_type="application/json")
