@@ -17,7 +17,9 @@ class Privacy(Protocol):
     """Set on the context by the PII interceptor: masks text bound for a provider and restores
     placeholders in what comes back. Without PII masking on the rule it is the identity."""
 
-    def protect_value(self, value: Any, source: str = "", max_chars: int | None = None) -> str:
+    async def protect_value(
+        self, value: Any, source: str = "", max_chars: int | None = None
+    ) -> str:
         """A value read from ``source`` (``query:q``, ``json:/a``...) as text for a prompt,
         masked: field-name rules on the source's name, the detector on text, JSON keys and
         numbers. Text is cut to ``max_chars`` *before* detection; a structured value whose
@@ -32,7 +34,9 @@ def cut_text(text: str, max_chars: int | None) -> str:
 
 
 class _NoPrivacy:
-    def protect_value(self, value: Any, source: str = "", max_chars: int | None = None) -> str:
+    async def protect_value(
+        self, value: Any, source: str = "", max_chars: int | None = None
+    ) -> str:
         if isinstance(value, str):
             return cut_text(value, max_chars)
         text = json.dumps(value, ensure_ascii=False)

@@ -61,7 +61,7 @@ class EnrichmentInterceptor:
         if value is None or value == "":
             raise SourceError("source_missing", "empty value")
         # Cut before masking: detection costs time in proportion to what it reads.
-        text = ctx.privacy.protect_value(value, self.config.source, MAX_INPUT_CHARS)
+        text = await ctx.privacy.protect_value(value, self.config.source, MAX_INPUT_CHARS)
         obj, cached = await ctx.llm.structured(
             self.schema,
             self.prompt,

@@ -50,7 +50,7 @@ class IntentInterceptor:
         source = self.config.source
         # Cut one past the cap before masking (detection cost bounded), refused below.
         value = read_source_value(ctx.exchange, source)
-        text = ctx.privacy.protect_value(value, source, MAX_INPUT_CHARS + 1)
+        text = await ctx.privacy.protect_value(value, source, MAX_INPUT_CHARS + 1)
         if len(text) > MAX_INPUT_CHARS:
             raise SourceError("input_too_long", f"{len(text)} characters")
         obj, cached = await ctx.llm.structured(

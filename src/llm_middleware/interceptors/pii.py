@@ -49,33 +49,42 @@ class VaultPrivacy:
     """Everything bound for a provider gets reversible placeholders; what comes back is
     restored. One per request: the vault is never shared."""
 
-    __slots__ = ("detector", "vault")
+    __slots__ = ("ctx", "detector", "vault")
 
     _rules = _KeyRules(DEFAULT_SENSITIVE_KEYS)
 
-    def __init__(self, detector: PIIDetector, vault: Vault) -> None:
+    def __init__(self, detector: PIIDetector, vault: Vault, ctx: RequestContext) -> None:
         self.detector = detector
         self.vault = vault
+        self.ctx = ctx  # its deadline bounds the masking (the response side gets a new one)
 
     def protect(self, text: str) -> str:
         return mask_text(text, self.detector, self.vault, "placeholder")
 
-    def protect_value(self, value: Any, source: str = "", max_chars: int | None = None) -> str:
+    async def protect_value(
+        self, value: Any, source: str = "", max_chars: int | None = None
+    ) -> str:
         """``value`` as prompt text, masked: a value read from a sensitive field (by name:
         ``header:Authorization``, ``query:token``, ``json:/password``...) whole, anything else
         by the detector (JSON keys and numbers included). Text is cut to ``max_chars`` before
-        detection; a structured value whose JSON is longer is refused (``input_too_long``)."""
+        detection; a structured value whose JSON is longer is refused (``input_too_long``).
+        Off the event loop beyond a few KB, under the request's deadline."""
         field = _source_field(source)
         entity = self._rules.entity_for(field) if field else None
         if entity is not None:
             masked = _mask_whole(value, entity, self.vault, "placeholder", b"")
             return masked if isinstance(masked, str) else json.dumps(masked, ensure_ascii=False)
         if isinstance(value, str):
-            return self.protect(cut_text(value, max_chars))
-        text = json.dumps(value, ensure_ascii=False)
-        if max_chars is not None and len(text) > max_chars:
-            raise SourceError("input_too_long", f"{len(text)} characters")
-        return mask_json_text(text, self.detector, self.vault, "placeholder")
+            text = cut_text(value, max_chars)
+            work: Callable[[Stopwatch], str] = lambda _: self.protect(text)  # noqa: E731
+        else:
+            text = json.dumps(value, ensure_ascii=False)
+            if max_chars is not None and len(text) > max_chars:
+                raise SourceError("input_too_long", f"{len(text)} characters")
+            work = lambda sw: mask_json_text(  # noqa: E731
+                text, self.detector, self.vault, "placeholder", stopwatch=sw
+            )
+        return await mask_off_loop(work, len(text), self.ctx.deadline.remaining())
 
     def restore(self, value: Any) -> Any:
         return self.vault.restore_obj(value)
@@ -88,7 +97,9 @@ class VaultPrivacy:
 # whose request gave up stops at its next field, and at most _MAX_QUEUED wait: the pool cannot
 # pile up abandoned work.
 _INLINE_BYTES = 2_048
-_MASK_BYTES_PER_S = 4_000_000  # conservative: a quarter of what bench/privacy.py measures
+# Admission: a job that this rate says cannot finish in the time left is not started.
+# bench/privacy.py measures 0.75 MB/s (many tiny JSON strings, each a finding) to 20 MB/s.
+_MASK_BYTES_PER_S = 1_000_000
 _WORKERS = 2
 _MAX_QUEUED = 8
 
@@ -219,7 +230,7 @@ class PIIInterceptor:
 
     async def on_request(self, ctx: RequestContext) -> str:
         vault = Vault()
-        ctx.privacy = VaultPrivacy(self.detector, vault)
+        ctx.privacy = VaultPrivacy(self.detector, vault, ctx)
         exchange = ctx.exchange
         done = False
         reason = "error"
