@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from urllib.parse import parse_qsl
+import json
+import time
+from urllib.parse import parse_qsl, quote_plus
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +20,7 @@ from llm_middleware.pii import (
     mask_text,
     scrub,
 )
-from llm_middleware.pii.masking import DEFAULT_SENSITIVE_KEYS
+from llm_middleware.pii.masking import DEFAULT_SENSITIVE_KEYS, is_exempt_key, mask_json_text
 
 DETECTOR = PIIDetector()
 EMAIL = "jane.doe@example.com"
@@ -388,3 +390,107 @@ def test_mask_restore_roundtrip(parts: list[str]) -> None:
     for value in parts:
         if value not in SAFE_WORDS and value not in DECOYS:
             assert value not in masked
+
+
+# --------------------------------------------------------------------------- in-place JSON
+
+
+def test_mask_json_text_changes_only_the_masked_values() -> None:
+    # Numbers keep their spelling, duplicate keys and order stay, whitespace and escapes too.
+    doc = (
+        '{ "n": 12345678901234567890.123,"big":1E400 ,"a":1,"a":2,\n'
+        '  "esc": "caf\\u00e9 \\/", "msg": "mail ' + EMAIL + '", "z": [9007199254740993.0] }'
+    )
+    masked = mask_json_text(doc, DETECTOR, Vault())
+    assert masked == doc.replace(EMAIL, "<EMAIL_ADDRESS_1>")
+
+
+def test_mask_json_text_masks_keys_numbers_and_named_fields() -> None:
+    doc = json.dumps({EMAIL: "primary", "pan": 4111111111111111, "ssn": 536221234,
+                      "user": {"password": ["x", 3]}, "n": 7})  # fmt: skip
+    masked = json.loads(mask_json_text(doc, DETECTOR, Vault()))
+    assert masked == {"<EMAIL_ADDRESS_1>": "primary", "pan": "<CREDIT_CARD_1>",
+                      "ssn": "<US_SSN_1>", "user": {"password": ["<SECRET_1>", "<SECRET_2>"]},
+                      "n": 7}  # fmt: skip
+
+
+def test_mask_json_text_escaped_values_are_no_bypass() -> None:
+    # "\u0040" is "@": the decoded value is what is checked, and a lone surrogate is data.
+    doc = '{"m": "jane.doe\\u0040example.com \\ud800", "k": "\\udfff"}'
+    masked = mask_json_text(doc, DETECTOR, Vault())
+    assert json.loads(masked) == {"m": "<EMAIL_ADDRESS_1> \ud800", "k": "\udfff"}
+    assert masked.endswith('"k": "\\udfff"}')  # untouched token: same characters
+    masked.encode("utf-8")  # the escape stays an escape: still encodable
+
+
+def test_mask_json_text_keep_and_exempt_fields_are_left_alone() -> None:
+    doc = json.dumps({"email": EMAIL, "csrf_token": "tok-" + EMAIL, "page_token": "abc",
+                      "authenticity_token": "s3cret", "note": EMAIL})  # fmt: skip
+    masked = json.loads(mask_json_text(doc, DETECTOR, Vault(), keep_keys=frozenset({"email"})))
+    assert masked == {"email": EMAIL, "csrf_token": "tok-" + EMAIL, "page_token": "abc",
+                      "authenticity_token": "s3cret", "note": "<EMAIL_ADDRESS_1>"}  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3),
+    max_leaves=10,
+))  # fmt: skip
+def test_mask_json_text_without_findings_is_identity(document: object) -> None:
+    for text in (json.dumps(document), json.dumps(document, indent=1, ensure_ascii=False)):
+        vault = Vault()
+        masked = mask_json_text(text, DETECTOR, vault)
+        assert (masked == text) == (vault.counts == {})
+        json.loads(masked)
+
+
+def test_field_name_rules_never_match_anti_forgery_or_pagination_names() -> None:
+    exempt = ["csrfmiddlewaretoken", "csrf_token", "_csrf", "authenticity_token", "X-CSRFToken",
+              "X-CSRF-Token", "X-XSRF-TOKEN", "page_token", "nextPageToken"]  # fmt: skip
+    for name in exempt:
+        assert is_exempt_key(name), name
+    for name in ("password", "api_key", "Authorization", "access_token", "x-amz-security-token"):
+        assert not is_exempt_key(name), name
+
+
+def test_mask_form_names_values_and_undecodable_bytes() -> None:
+    body = "csrfmiddlewaretoken=abc&x=%ff%fe&" + quote_plus(EMAIL) + "=1&password=hunter2"
+    masked = mask_form(body, DETECTOR, Vault())
+    assert (
+        masked == "csrfmiddlewaretoken=abc&x=%ff%fe&%3CEMAIL_ADDRESS_1%3E=1&password=%3CSECRET_1%3E"
+    )
+    undecodable = "m=" + quote_plus(EMAIL) + "%ff"
+    assert mask_form(undecodable, DETECTOR, Vault()) == "m=%3CEMAIL_ADDRESS_1%3E%FF"
+
+
+def test_hash_is_hmac_sha256_with_128_bits() -> None:
+    masked = mask_text(EMAIL, DETECTOR, Vault(), "hash", salt=b"k")
+    digest = hmac.new(b"k", EMAIL.encode(), hashlib.sha256).hexdigest()
+    assert masked == f"<EMAIL_ADDRESS:{digest[:32]}>"
+
+
+def test_known_values_are_masked_where_no_detector_finds_them() -> None:
+    vault = Vault()
+    mask_text("ssn 536-22-1234", DETECTOR, vault)
+    restored = vault.restore("ID<US_SSN_1> and 536-22-1234")
+    assert restored == "ID536-22-1234 and 536-22-1234"
+    assert mask_text(restored, DETECTOR, vault) != "ID<US_SSN_1> and <US_SSN_1>"
+    assert mask_text(restored, DETECTOR, vault, known=True) == "ID<US_SSN_1> and <US_SSN_1>"
+
+
+def test_mask_json_text_is_linear() -> None:
+    # A shape with a finding per token at two sizes, 32x apart: the time per byte must not
+    # grow with the size (2.5x allows a busy machine's noise; quadratic would be 32x).
+    def per_byte(n: int) -> float:
+        text = "[" + ",".join(['"a@b.co"', "12345678901234567890.1", '{"k":[1]}'] * n) + "]"
+        best = float("inf")
+        for _ in range(3):
+            start = time.thread_time()
+            mask_json_text(text, DETECTOR, Vault())
+            best = min(best, time.thread_time() - start)
+        return best / len(text)
+
+    small, large = per_byte(200), per_byte(6400)
+    assert large < 2.5 * small, (small, large)
