@@ -144,3 +144,21 @@ def test_stale_while_revalidate_fills_the_cache_for_the_next_response(
     assert first[2] == bare[2]
     assert json.loads(second[2])["summary"] == GOOD
     assert len(fault_server.requests) == 1  # one upstream call served both
+
+
+def test_header_enrichment_over_the_cap_is_skipped(serve: Serve, fault_server: FaultServer) -> None:
+    fault_server.default = reply({"summary": "x" * 600, "tags": []})
+    from apps import make_config
+
+    rules = make_config(fault_server.url)["rules"]
+    for rule in rules:
+        if rule["path"] == "/article-header":
+            rule["interceptors"][0]["max_header_bytes"] = 512
+    with capture_logs() as logs, serve(rules=rules) as base:
+        status, headers, body = fetch(base, "/article-header", "json")
+        _, _, bare_body = fetch(base, "/article-bare", "json")
+    assert status == 200 and "x-llm-summary" not in headers and body == bare_body
+    requests = [e for e in logs if e.get("event") == "llm_middleware.request"]
+    assert any(e.get("reasons", {}).get("enrichment") == "header_too_large" for e in requests), (
+        requests
+    )

@@ -222,3 +222,184 @@ def test_keep_fields_reach_the_app_but_not_the_provider(fault_server: FaultServe
     assert got == {"email": EMAIL, "message": "I am <EMAIL_ADDRESS_1>, call <PHONE_NUMBER_1>"}
     sent = _sent_to_provider(fault_server)
     assert EMAIL not in sent and "jane.doe" not in sent
+
+
+# -- what masking is for, failure policy, where it runs ---------------------------------------
+
+
+def _masking_config(provider_url: str, **masking: Any) -> dict[str, Any]:
+    return {
+        "providers": [{"kind": "openai", "base_url": provider_url, "model": "m",
+                       "max_retries": 0}],
+        "rules": [{"path": "/login", "budget_ms": 2000, "interceptors": [
+            {"type": "pii_masking", **masking},
+            {"type": "intent", "schema": "schemas.SearchIntent", "source": "form:note"},
+        ]}],
+    }  # fmt: skip
+
+
+def _asgi_seen(config: dict[str, Any], body: bytes, content_type: str) -> tuple[bytes, Any]:
+    from llm_middleware import LLMMiddleware
+
+    seen: list[tuple[bytes, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(((await receive())["body"], scope["state"]["llm"]))
+
+    post_asgi(LLMMiddleware(app, config=config), "/login", body, content_type)
+    return seen[0]
+
+
+def test_default_masks_for_providers_only(fault_server: FaultServer) -> None:
+    # A login form on a masked route: the app gets its own fields (password, CSRF token,
+    # e-mail login) as sent; the provider gets none of them.
+    fault_server.default = reply({"category": "x"})
+    form = f"email={EMAIL}&password=hunter2hunter2&csrfmiddlewaretoken=abc&note=call+{EMAIL}"
+    body, result = _asgi_seen(_masking_config(fault_server.url), form.encode(),
+                              "application/x-www-form-urlencoded")  # fmt: skip
+    assert body == form.encode()
+    assert result.outcomes == {"pii_masking": "ok", "intent": "ok"}
+    sent = _sent_to_provider(fault_server)
+    assert EMAIL not in sent and "<EMAIL_ADDRESS_1>" in sent
+
+
+def test_masking_for_the_app_leaves_anti_forgery_fields(fault_server: FaultServer) -> None:
+    fault_server.default = reply({"category": "x"})
+    form = f"csrfmiddlewaretoken=tok-{EMAIL}&password=hunter2hunter2&note={EMAIL}"
+    config = _masking_config(fault_server.url, mask_for=["providers", "app"])
+    body, _ = _asgi_seen(config, form.encode(), "application/x-www-form-urlencoded")
+    assert parse_qsl(body.decode()) == [("csrfmiddlewaretoken", f"tok-{EMAIL}"),
+                                        ("password", "<SECRET_1>"),
+                                        ("note", "<EMAIL_ADDRESS_1>")]  # fmt: skip
+
+
+def test_reject_policy_answers_instead_of_passing_unmasked(fault_server: FaultServer) -> None:
+    # The engine records the failure and leaves the adapter a response to send (status by
+    # reason); the default policy leaves none.
+    import asyncio
+
+    from llm_middleware.deadline import Deadline
+    from llm_middleware.engine import Engine
+    from llm_middleware.exchange import Headers, RequestExchange
+
+    def run(**masking: Any) -> RequestExchange:
+        engine = Engine(_masking_config(fault_server.url, mask_for=["providers", "app"],
+                                        **masking))  # fmt: skip
+        rule = engine.match("POST", "/login")
+        assert rule is not None
+        headers = Headers([("content-type", "application/x-www-form-urlencoded")])
+        exchange = RequestExchange("POST", "/login", "", headers, None,
+                                   body_skip_reason="body_too_large")  # fmt: skip
+        result = asyncio.run(engine.process_request(rule, exchange, Deadline(1.0)))
+        assert result.reasons["pii_masking"] == "body_too_large"
+        engine.close()
+        return exchange
+
+    assert run().reject is None
+    rejected = run(on_masking_failure="reject").reject
+    assert rejected is not None
+    assert rejected[0] == 413
+    assert json.loads(rejected[1]) == {"error": "pii_masking_failed", "reason": "body_too_large"}
+    assert fault_server.requests == []
+
+
+def test_masking_runs_on_its_own_pool_not_the_default_executor(
+    fault_server: FaultServer,
+) -> None:
+    # With the default executor stalled (as when DNS lookups hang), a body beyond the inline
+    # size is still masked, on the masking pool's threads.
+    import asyncio
+    import threading
+
+    from llm_middleware import LLMMiddleware
+    from llm_middleware.interceptors import pii
+
+    threads: list[str] = []
+    original = pii.PIIInterceptor._mask_request
+
+    def spy(self: Any, *args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(self, *args)
+
+    fault_server.default = reply({"category": "x"})
+    config = _masking_config(fault_server.url, mask_for=["providers", "app"])
+    form = ("note=" + "+".join([EMAIL] * 3000)).encode()
+    seen: list[bytes] = []
+    release = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["body"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stalled = [loop.run_in_executor(None, release.wait) for _ in range(64)]
+        middleware = LLMMiddleware(app, config=config)
+        queue = [{"type": "http.request", "body": form, "more_body": False}]
+
+        async def receive() -> Any:
+            return queue.pop(0)
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "query_string": b"",
+                 "headers": [(b"content-type", b"application/x-www-form-urlencoded"),
+                             (b"content-length", str(len(form)).encode())]}  # fmt: skip
+        try:
+            await middleware(scope, receive, None)
+        finally:
+            release.set()
+            await asyncio.gather(*stalled)
+            await middleware.engine.aclose()
+
+    pii.PIIInterceptor._mask_request = spy  # type: ignore[method-assign]
+    try:
+        asyncio.run(main())
+    finally:
+        pii.PIIInterceptor._mask_request = original  # type: ignore[method-assign]
+    assert len(form) > pii._INLINE_BYTES
+    assert threads and all(name.startswith("llm-middleware-mask") for name in threads), threads
+    assert EMAIL.encode() not in seen[0] and b"EMAIL_ADDRESS_1" in seen[0]
+
+
+def test_a_job_that_cannot_start_in_time_is_not_started() -> None:
+    import threading
+    import time
+
+    from llm_middleware.exchange import SourceError
+    from llm_middleware.interceptors.pii import MaskingPool, _NotStarted
+
+    pool = MaskingPool(workers=1, max_queued=2)
+    release = threading.Event()
+    ran: list[str] = []
+    started = threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return release.wait(5)
+
+    blocker = pool.submit(block, time.monotonic() + 5)
+    assert started.wait(5)  # running: no longer queued
+    late = pool.submit(lambda: ran.append("late"), time.monotonic() + 0.01)
+    queued = pool.submit(lambda: ran.append("queued"), time.monotonic() + 5)
+    with pytest.raises(SourceError, match="masking_busy"):
+        pool.submit(lambda: ran.append("over"), time.monotonic() + 5)
+    time.sleep(0.05)
+    release.set()
+    assert blocker.result(5) is True
+    with pytest.raises(_NotStarted):
+        late.result(5)
+    queued.result(5)
+    assert ran == ["queued"]
+
+
+def test_hash_strategy_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_middleware.config import ConfigError, load_config
+    from llm_middleware.engine import Engine
+
+    rule = {"path": "/x", "interceptors": [{"type": "pii_masking", "strategy": "hash"}]}
+    with pytest.raises(ConfigError, match="salt_env"):
+        load_config({"rules": [rule]})
+    rule["interceptors"][0]["salt_env"] = "LLM_TEST_HASH_KEY"  # type: ignore[index]
+    monkeypatch.delenv("LLM_TEST_HASH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="LLM_TEST_HASH_KEY"):
+        Engine({"rules": [rule]})
+    monkeypatch.setenv("LLM_TEST_HASH_KEY", "k")
+    Engine({"rules": [rule]}).close()
