@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from apps import make_config, post_asgi
 from fault_server import FaultServer, reply
@@ -403,3 +404,26 @@ def test_hash_strategy_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
         Engine({"rules": [rule]})
     monkeypatch.setenv("LLM_TEST_HASH_KEY", "k")
     Engine({"rules": [rule]}).close()
+
+
+def test_reject_policy_on_every_adapter(serve: Serve, fault_server: FaultServer) -> None:
+    # Over the rule's body cap, masking cannot run: with "reject" the client gets 413 and a
+    # short JSON body, the view is not called, the provider is not asked.
+    rule = {"path": "/pii-echo", "budget_ms": 300, "max_body_bytes": 64, "interceptors": [
+        {"type": "pii_masking", "mask_for": ["providers", "app"],
+         "on_masking_failure": "reject"},
+        {"type": "intent", "schema": "schemas.SearchIntent", "source": "json:/message"},
+    ]}  # fmt: skip
+    body = json.dumps({"message": f"mail {EMAIL} " + "x" * 100})
+    with capture_logs() as logs, serve(rules=[rule]) as base:
+        response = httpx.post(base + "/pii-echo", content=body,
+                              headers={"content-type": "application/json"})  # fmt: skip
+        small = httpx.post(base + "/pii-echo", content=json.dumps({"message": EMAIL}),
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413
+    assert response.json() == {"error": "pii_masking_failed", "reason": "body_too_large"}
+    assert EMAIL not in response.text
+    assert small.status_code == 200 and EMAIL not in small.json()["body"]
+    assert len(fault_server.requests) == 1  # the small one only
+    events = [e for e in logs if e.get("event") == "llm_middleware.request"]
+    assert any(e["reasons"].get("pii_masking") == "body_too_large" for e in events), events

@@ -7,7 +7,7 @@ from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, rejection
 from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
 
 Scope = MutableMapping[str, Any]
@@ -17,6 +17,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SCOPE_MARK = "llm_middleware"
+REJECT_KEY = "llm_middleware.reject"
 
 
 class LLMMiddleware:
@@ -83,6 +84,13 @@ class _Responder:
             scope = dict(scope)
             scope[SCOPE_MARK] = True
         result = scope.get("state", {}).get("llm") if SCOPE_MARK in scope else None
+        rejected = scope.pop(REJECT_KEY, None)
+        if rejected is not None:  # the rule fails closed: the app is not called
+            status, headers, body = rejected
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+            return
         token = set_request_pii(result.pii_values if result is not None else frozenset())
         try:
             await self.app(scope, self._replay(receive), send)
@@ -112,6 +120,10 @@ class _Responder:
         if state is None:
             state = scope["state"] = {}
         state["llm"] = result
+        if exchange.reject is not None:  # sent by run() through the original send
+            scope[REJECT_KEY] = rejection(exchange)
+            self.engine.finish_response(self.rule, result, exchange.method, "rejected")
+            return scope, send
         if exchange.new_query_string is not None:
             scope["query_string"] = exchange.new_query_string.encode("latin-1")
         if exchange.new_body is not None and not self.more_body:

@@ -19,7 +19,7 @@ try:
     from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
     from django.core.handlers.wsgi import LimitedStream
     from django.core.signals import setting_changed
-    from django.http import HttpRequest, HttpResponseBase, QueryDict
+    from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
     from django.http.request import RawPostDataException
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -29,7 +29,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from .config import ConfigError
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, weak_etag
+from .exchange import (
+    Headers,
+    RequestExchange,
+    ResponseExchange,
+    plan_body_read,
+    rejection,
+    weak_etag,
+)
 from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync, process_response_sync
 
@@ -93,6 +100,8 @@ class LLMMiddleware:
             _apply(request, result, body, query)
         except Exception as exc:
             log_internal_error("django", exc)
+        if exchange.reject is not None:
+            return _rejected(engine, rule, request, exchange)
         token = set_request_pii(_pii_values(request))
         try:
             response = self.get_response(request)
@@ -118,6 +127,8 @@ class LLMMiddleware:
             _apply(request, result, exchange.new_body, exchange.new_query_string)
         except Exception as exc:
             log_internal_error("django", exc)
+        if exchange.reject is not None:
+            return _rejected(engine, rule, request, exchange)
         token = set_request_pii(_pii_values(request))
         try:
             pending: Awaitable[HttpResponseBase] = self.get_response(request)
@@ -160,6 +171,17 @@ class LLMMiddleware:
             log_internal_error("django", exc)
             return None
         return engine, rule, exchange, deadline
+
+
+def _rejected(
+    engine: Engine, rule: CompiledRule, request: HttpRequest, exchange: RequestExchange
+) -> HttpResponse:
+    """The rule fails closed (``on_masking_failure="reject"``): answer without the view."""
+    status, headers, body = rejection(exchange) or (500, [], b"")
+    response = HttpResponse(body, status=status, content_type=headers[0][1])
+    if request.llm is not None:
+        engine.finish_response(rule, request.llm, request.method or "GET", "rejected")
+    return response
 
 
 def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> None:

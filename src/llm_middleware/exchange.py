@@ -174,6 +174,16 @@ def plan_body_read(
     return length
 
 
+def rejection(exchange: RequestExchange) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """What an adapter sends instead of calling the app when a rule failed closed
+    (``on_masking_failure="reject"``): status, headers, body; ``None`` to go on."""
+    if exchange.reject is None:
+        return None
+    status, body = exchange.reject
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    return status, headers, body
+
+
 def is_json_type(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 

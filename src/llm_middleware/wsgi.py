@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
-from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
+from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, rejection
 from .observability import log_internal_error, reset_request_pii, set_request_pii
 from .sync import process_request_sync, process_response_sync
 
 RESULT_KEY = "llm_middleware.result"
+REJECT_KEY = "llm_middleware.reject"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -36,6 +38,11 @@ class LLMWSGIMiddleware:
         except Exception as exc:  # ours: the request goes on as it came (body restored)
             log_internal_error("wsgi", exc)
         result = environ.get(RESULT_KEY)
+        rejected = environ.pop(REJECT_KEY, None)
+        if rejected is not None:  # the rule fails closed: the app is not called
+            status, headers, body = rejected
+            start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+            return [body]
         token = set_request_pii(result.pii_values if result is not None else frozenset())
         try:
             if result is None or result.context is None or not rule.needs_response:
@@ -62,6 +69,11 @@ class LLMWSGIMiddleware:
         if rule.needs_body:
             read_body(exchange, environ, rule.max_body_bytes)
         result, body, query = process_request_sync(self.engine, rule, exchange, deadline)
+        environ[RESULT_KEY] = result
+        if exchange.reject is not None:
+            environ[REJECT_KEY] = rejection(exchange)
+            self.engine.finish_response(rule, result, exchange.method, "rejected")
+            return
         if body is not None:
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))

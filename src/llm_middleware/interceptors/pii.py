@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ..bridge import wait_future
 from ..config import PIIMasking
 from ..exchange import ResponseExchange, SourceError, charset_of, is_json_type
-from ..inline import need_loop
+from ..inline import NeedsLoop, need_loop
 from ..pii import PIIDetector, Vault, mask_form, mask_query, mask_text
 from ..pii.masking import (
     DEFAULT_SENSITIVE_KEYS,
@@ -232,8 +232,8 @@ class PIIInterceptor:
         vault = Vault()
         ctx.privacy = VaultPrivacy(self.detector, vault, ctx)
         exchange = ctx.exchange
-        done = False
-        reason = "error"
+        done = hop = False
+        reason = "timeout"
         try:
             if self.mask_query or self.mask_body:
                 work = functools.partial(
@@ -251,16 +251,19 @@ class PIIInterceptor:
                 if new_body is not None:
                     exchange.new_body = new_body
             done = True
+        except NeedsLoop:
+            hop = True  # an inline try: the request is run again on the loop
+            raise
         except SourceError as exc:
             reason = exc.reason
             raise
-        except TimeoutError:
-            reason = "timeout"
+        except Exception:
+            reason = "error"
             raise
         finally:
             ctx.result.pii = vault.counts
             ctx.result.pii_values = vault.values
-            if not done and self.reject:
+            if not done and not hop and self.reject:
                 body = json.dumps({"error": "pii_masking_failed", "reason": reason})
                 exchange.reject = (_failure_status(reason), body.encode())
         return "ok"
