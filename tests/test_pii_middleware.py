@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
@@ -427,3 +427,83 @@ def test_reject_policy_on_every_adapter(serve: Serve, fault_server: FaultServer)
     assert len(fault_server.requests) == 1  # the small one only
     events = [e for e in logs if e.get("event") == "llm_middleware.request"]
     assert any(e["reasons"].get("pii_masking") == "body_too_large" for e in events), events
+
+
+# -- real anti-forgery checks on a masked route -------------------------------------------
+
+
+def _login_view(request: Any) -> Any:
+    from django.http import JsonResponse
+
+    ok = request.POST.get("password") == "hunter2hunter2"
+    return JsonResponse({"logged_in": ok, "email": request.POST.get("email")})
+
+
+def __getattr__(name: str) -> Any:  # this module is the urlconf of the Django test below
+    if name == "urlpatterns":
+        from django.urls import path
+
+        return [path("login", _login_view)]  # not csrf_exempt: CsrfViewMiddleware checks it
+    raise AttributeError(name)
+
+
+@pytest.mark.parametrize("mask_for", [["providers"], ["providers", "app"]])
+def test_django_csrf_protected_login_on_a_masked_route(
+    fault_server: FaultServer, mask_for: list[str]
+) -> None:
+    from apps import setup_django
+
+    setup_django()
+    from django.test import Client, override_settings
+
+    fault_server.default = reply({"category": "x"})
+    config = _masking_config(fault_server.url, mask_for=mask_for, keep_fields=["password"])
+    middleware = ["llm_middleware.django.LLMMiddleware",
+                  "django.middleware.csrf.CsrfViewMiddleware"]  # fmt: skip
+    secret = "A" * 32
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__, LLM_MIDDLEWARE=config):
+        client = Client(enforce_csrf_checks=True)
+        client.cookies["csrftoken"] = secret
+        form = {"csrfmiddlewaretoken": secret, "email": EMAIL, "password": "hunter2hunter2",
+                "note": f"write to {EMAIL}"}  # fmt: skip
+        encoded, kind = urlencode(form), "application/x-www-form-urlencoded"
+        response = client.post("/login", encoded, content_type=kind)
+        forged = Client(enforce_csrf_checks=True).post("/login", encoded, content_type=kind)
+        from llm_middleware.django import engine_from_settings
+
+        engine_from_settings.get().close()
+    assert response.status_code == 200, response.content
+    expected_email = EMAIL if mask_for == ["providers"] else "<EMAIL_ADDRESS_1>"
+    assert response.json() == {"logged_in": True, "email": expected_email}
+    assert forged.status_code == 403  # the check is real
+    assert EMAIL not in _sent_to_provider(fault_server)
+
+
+@pytest.mark.parametrize("mask_for", [["providers"], ["providers", "app"]])
+def test_flask_login_form_with_csrf_token_on_a_masked_route(
+    fault_server: FaultServer, mask_for: list[str]
+) -> None:
+    import flask
+
+    from llm_middleware.flask import LLMMiddleware
+
+    fault_server.default = reply({"category": "x"})
+    app = flask.Flask("login_app")
+    app.config["LLM_MIDDLEWARE"] = _masking_config(
+        fault_server.url, mask_for=mask_for, keep_fields=["password"]
+    )
+
+    @app.post("/login")
+    def login() -> Any:
+        form = flask.request.form
+        if form.get("csrf_token") != "tok-" + EMAIL:  # as Flask-WTF compares it
+            return {"error": "csrf"}, 400
+        return {"logged_in": form.get("password") == "hunter2hunter2"}
+
+    LLMMiddleware(app)
+    form = {"csrf_token": "tok-" + EMAIL, "password": "hunter2hunter2", "note": EMAIL}
+    response = app.test_client().post("/login", data=form)
+    app.extensions["llm_middleware"].engine.close()
+    assert response.status_code == 200, response.data
+    assert response.json == {"logged_in": True}
+    assert EMAIL not in _sent_to_provider(fault_server)
