@@ -93,9 +93,9 @@ class VaultPrivacy:
 # Masking is CPU work. Inputs up to _INLINE_BYTES are masked where the request runs (bounded:
 # bench/privacy.py measures at most ~1.4 ms/KB, on many tiny JSON strings that are all
 # findings); larger ones go to a small pool of our own (never the default executor, where
-# asyncio's DNS lookups wait), under the request's deadline. A job that cannot start before the deadline is not started, a job
-# whose request gave up stops at its next field, and at most _MAX_QUEUED wait: the pool cannot
-# pile up abandoned work.
+# asyncio's DNS lookups wait), under the request's deadline. A job that cannot start before
+# the deadline is not started, a job whose request gave up stops at its next field, and at
+# most _MAX_QUEUED wait: the pool cannot pile up abandoned work.
 _INLINE_BYTES = 1_024
 # Admission: a job that this rate says cannot finish in the time left is not started.
 # bench/privacy.py measures 0.75 MB/s (many tiny JSON strings, each a finding) to 20 MB/s.
