@@ -68,8 +68,12 @@ PROMPT_BEFORE = Prompt(
 
 
 def config(url: str, schema: type[BaseModel], prompt: dict[str, Any] | None) -> dict[str, Any]:
-    intent: dict[str, Any] = {"type": "intent", "schema": schema, "source": "query:q",
-                              "synonyms": SEARCH_SYNONYMS if schema is SearchIntent else {}}
+    intent: dict[str, Any] = {
+        "type": "intent",
+        "schema": schema,
+        "source": "query:q",
+        "synonyms": SEARCH_SYNONYMS if schema is SearchIntent else {},
+    }
     if prompt is not None:
         intent["prompt"] = prompt
     return {
@@ -115,9 +119,7 @@ def main() -> None:
             schema, prompt = STEPS[label]
             variants = [Variant(label=label, grounded=False)]
             if label == "enums" and "grounding" in steps:
-                variants.append(
-                    Variant(label="+ grounding", grounded=True, derived_from="enums")
-                )
+                variants.append(Variant(label="+ grounding", grounded=True, derived_from="enums"))
             reports += asyncio.run(
                 evaluate_async(cases, config(url, schema, prompt), "/search",
                                variants=variants, progress=ProgressBar())

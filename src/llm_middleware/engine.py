@@ -151,7 +151,11 @@ class Engine:
         if len(self._background) >= MAX_BACKGROUND_TASKS:
             coro.close()
             return None
-        task = asyncio.get_running_loop().create_task(coro)
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()  # never awaited: no warning, no leak
+            raise
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
