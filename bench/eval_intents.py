@@ -1,11 +1,12 @@
 """Intent quality on the demo's schema, step by step, with the real local model (SmolLM2-135M
 via llama.cpp on loopback): the labelled set ``examples/eval/search_intents.jsonl`` through the
-real engine, one column per change (old prompt, default prompt, few-shot, enums, grounding).
+real engine, one column per change: old prompt, default prompt, few-shot, enums, grounding,
+extractive prompt.
 
     python bench/eval_intents.py [--limit N] [--json out.json] [--steps before,enums,...]
 
-Every column but "+ grounding" calls the model for every case; "+ grounding" applies the
-demo's grounding to the answers of the column before it (same answers, no new calls).
+Every column but "+ grounding" calls the model for every case; "X + grounding" applies the
+demo's grounding (synonyms, price cues) to the answers of column X (same answers, no new calls).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pydantic import BaseModel, Field
 from llm_middleware.config import Prompt
 from llm_middleware.demo import (
     DEMO_BUDGET_MS,
+    PRICE_CUES,
     SEARCH_PROMPT,
+    SEARCH_PROMPT_COPY,
     SEARCH_SYNONYMS,
     SearchIntent,
     SearchIntentFree,
@@ -68,11 +71,14 @@ PROMPT_BEFORE = Prompt(
 
 
 def config(url: str, schema: type[BaseModel], prompt: dict[str, Any] | None) -> dict[str, Any]:
+    # Synonyms count as right answers in every column ("trainers" for shoes); they and the
+    # cues change answers only where grounding is on.
     intent: dict[str, Any] = {
         "type": "intent",
         "schema": schema,
         "source": "query:q",
-        "synonyms": SEARCH_SYNONYMS if schema is SearchIntent else {},
+        "synonyms": SEARCH_SYNONYMS,
+        "cues": {"max_price": PRICE_CUES},
     }
     if prompt is not None:
         intent["prompt"] = prompt
@@ -90,7 +96,9 @@ STEPS = {
     "default prompt": (SearchIntentFree, None),
     "few-shot": (SearchIntentFree, SEARCH_PROMPT),
     "enums": (SearchIntent, SEARCH_PROMPT),
+    "extractive": (SearchIntentFree, SEARCH_PROMPT_COPY),
 }
+GROUNDED_AFTER = ("enums", "extractive")
 
 
 def main() -> None:

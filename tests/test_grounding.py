@@ -173,3 +173,24 @@ def test_without_grounding_the_answer_is_passed_as_is(fault_server: FaultServer)
     assert data["intent"] == {"category": "hats", "color": None, "brand": "acme",
                               "max_price": 10.99}  # fmt: skip
     assert "intent" not in data["reasons"]
+
+
+@pytest.mark.parametrize(
+    ("text", "price", "kept"),
+    [
+        ("size 42 shoes", 42, False),
+        ("2 red shirts", 2, False),
+        ("shoes for my 5 year old, under 30", 5, False),
+        ("shoes for my 5 year old, under 30", 30, True),
+        ("jackets at most $199.99", 199.99, True),
+        ("a bag for 60 dollars", 60, True),
+        ("zapatillas menos de 70", 70, True),
+        ("hat 25€", 25, True),
+    ],
+)
+def test_price_cues_tell_a_price_from_other_numbers(text: str, price: float, kept: bool) -> None:
+    cues = {"max_price": ["under", "at most", "dollars", "menos de", "$", "€"]}
+    result = Grounder(Intent, None, SYNONYMS, cues).ground(Intent(max_price=price), text)
+    assert (result.obj.max_price == price) is kept
+    if not kept:
+        assert result.dropped == {"max_price": "number_without_cue"}

@@ -181,6 +181,8 @@ class IntentExtraction(_Model):
     # support is dropped (see llm_middleware.grounding). synonyms: {field: {value: [words]}}.
     grounded: bool | list[str] = False
     synonyms: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    # Number fields: words or symbols one of which must stand next to the number ("under", "$").
+    cues: dict[str, list[str]] = Field(default_factory=dict)
     # Shadow mode: log what the LLM produced next to what the request carried, for this share
     # of shadowed requests (0 = off), to structlog or a JSONL file (masked values only).
     compare: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -195,9 +197,10 @@ class IntentExtraction(_Model):
     def _check_rewrite(self) -> IntentExtraction:
         fields = self.schema_.model_fields
         names = self.grounded if isinstance(self.grounded, list) else []
-        for name in [*names, *self.synonyms]:
+        for name in [*names, *self.synonyms, *self.cues]:
             if name not in fields:
-                raise ValueError(f"grounded/synonyms: no field {name!r} in {self.schema_.__name__}")
+                schema = self.schema_.__name__
+                raise ValueError(f"grounded/synonyms/cues: no field {name!r} in {schema}")
         for name, target in self.rewrite.items():
             if name not in fields:
                 raise ValueError(f"rewrite: {self.schema_.__name__} has no field {name!r}")

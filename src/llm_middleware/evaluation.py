@@ -473,6 +473,7 @@ async def evaluate_async(
                 icpt.schema_,
                 icpt.grounded if isinstance(icpt.grounded, list) else None,
                 icpt.synonyms,
+                icpt.cues,
             )
             results = _regrounded(raw[variant.derived_from], fields_grounder, icpt.schema_)
         else:

@@ -9,6 +9,8 @@ checks each returned value against the text the model was given:
   the model returned as a synonym is replaced by its canonical value;
 - ``Literal``/``Enum`` values pass, unless synonyms are declared for the field: then they need
   the same support as a string;
+- with ``cues`` declared for a number field, the number must also stand next to one of them
+  (``{"max_price": ["under", "max", "$"]}``: "size 42 shoes" supports no price);
 - a mention right after a negation (``"not red"``, ``"no heels"``, ``"sin tacón"``) supports
   nothing.
 
@@ -52,7 +54,12 @@ def normalise(text: str) -> str:
 
 def numbers_in(text: str) -> list[float]:
     """Every number written in digits: ``"1,299.99"``, ``"1 000"``, ``"49,90"`` (decimal comma)."""
-    out: list[float] = []
+    return [value for value, _, _ in number_spans(text)]
+
+
+def number_spans(text: str) -> list[tuple[float, int, int]]:
+    """``(value, start, end)`` of every number written in digits."""
+    out: list[tuple[float, int, int]] = []
     for match in _NUMBER_RE.finditer(text):
         raw = match.group(0)
         if re.fullmatch(r"\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?", raw):
@@ -60,10 +67,26 @@ def numbers_in(text: str) -> list[float]:
         else:
             raw = raw.replace(",", ".")  # a decimal comma: 49,90
         try:
-            out.append(float(raw))
+            out.append((float(raw), match.start(), match.end()))
         except ValueError:  # pragma: no cover - the regex only matches digits
             continue
     return out
+
+
+_CUE_BEFORE_WORDS = 4
+_CUE_AFTER_WORDS = 2
+
+
+def _cued(text: str, start: int, end: int, words: list[str], symbols: list[str]) -> bool:
+    """Whether a cue stands just before or after ``text[start:end]``."""
+    near = text[max(0, start - 3) : start] + text[end : end + 3]
+    if any(symbol in near for symbol in symbols):
+        return True
+    before = " " + " ".join(
+        normalise(text[max(0, start - 40) : start]).split()[-_CUE_BEFORE_WORDS:]
+    )
+    after = " ".join(normalise(text[end : end + 30]).split()[:_CUE_AFTER_WORDS]) + " "
+    return any(f" {cue} " in before + " " or f" {cue} " in " " + after for cue in words)
 
 
 def plural_variants(phrase: str) -> set[str]:
@@ -133,6 +156,7 @@ class Grounder:
         schema: type[BaseModel],
         fields: Collection[str] | None = None,
         synonyms: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
+        cues: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.schema = schema
         names = list(schema.model_fields) if fields is None else list(fields)
@@ -153,6 +177,16 @@ class Grounder:
                     if key:
                         phrases.setdefault(key, canonical)
             self.synonyms[name] = phrases
+        # field -> (normalised cue words, cue symbols such as "$")
+        self.cues: dict[str, tuple[list[str], list[str]]] = {}
+        for name, items in (cues or {}).items():
+            if name not in schema.model_fields:
+                raise ValueError(f"cues: {schema.__name__} has no field {name!r}")
+            items = list(items)
+            self.cues[name] = (
+                [normalise(c) for c in items if normalise(c)],
+                [c.strip() for c in items if c.strip() and not normalise(c)],
+            )
 
     def canonical(self, field_name: str, value: str) -> str | None:
         """The canonical value a declared synonym stands for, or ``None``."""
@@ -167,14 +201,14 @@ class Grounder:
 
     def ground(self, obj: BaseModel, text: str) -> GroundingResult:
         words = normalise(text).split()
-        numbers = numbers_in(text)
+        numbers = number_spans(text)
         data = obj.model_dump(mode="python")
         dropped: dict[str, str] = {}
         for name in self.fields:
             value = data.get(name)
             if value is None:
                 continue
-            kept, why = self._check(name, value, words, numbers)
+            kept, why = self._check(name, value, words, numbers, text)
             if why is None:
                 data[name] = kept
             else:
@@ -190,13 +224,23 @@ class Grounder:
             raise UngroundedError(dropped) from None
 
     def _check(
-        self, name: str, value: Any, words: list[str], numbers: list[float]
+        self,
+        name: str,
+        value: Any,
+        words: list[str],
+        numbers: list[tuple[float, int, int]],
+        text: str,
     ) -> tuple[Any, str | None]:
         if isinstance(value, bool):
             return value, None  # a yes/no flag cannot be looked up in the text
         if isinstance(value, int | float):
-            ok = any(abs(value - n) <= 0.005 * max(1.0, abs(n)) for n in numbers)
-            return value, None if ok else "number_not_in_input"
+            spans = [(a, b) for n, a, b in numbers if abs(value - n) <= 0.005 * max(1.0, abs(n))]
+            if not spans:
+                return value, "number_not_in_input"
+            cues = self.cues.get(name)
+            if cues and not any(_cued(text, a, b, *cues) for a, b in spans):
+                return value, "number_without_cue"
+            return value, None
         if isinstance(value, enum.Enum):
             value = value.value
             if not isinstance(value, str):
@@ -206,7 +250,7 @@ class Grounder:
         if isinstance(value, list):
             kept_items = []
             for item in value:
-                kept, why = self._check(name, item, words, numbers)
+                kept, why = self._check(name, item, words, numbers, text)
                 if why is None:
                     kept_items.append(kept)
             if value and not kept_items:

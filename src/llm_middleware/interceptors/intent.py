@@ -41,7 +41,7 @@ class IntentInterceptor:
         self.grounder: Grounder | None = None
         if config.grounded:
             fields = config.grounded if isinstance(config.grounded, list) else None
-            self.grounder = Grounder(self.schema, fields, config.synonyms)
+            self.grounder = Grounder(self.schema, fields, config.synonyms, config.cues)
         self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body") or any(
             target.startswith("json:") for target in config.rewrite.values()
         )
