@@ -126,8 +126,10 @@ def main() -> None:
                 continue
             schema, prompt = STEPS[label]
             variants = [Variant(label=label, grounded=False)]
-            if label == "enums" and "grounding" in steps:
-                variants.append(Variant(label="+ grounding", grounded=True, derived_from="enums"))
+            if label in GROUNDED_AFTER and "grounding" in steps:
+                variants.append(
+                    Variant(label=f"{label} + grounding", grounded=True, derived_from=label)
+                )
             reports += asyncio.run(
                 evaluate_async(cases, config(url, schema, prompt), "/search",
                                variants=variants, progress=ProgressBar())

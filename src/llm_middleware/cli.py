@@ -130,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="grounding as the rule says, forced on/off, or both from one run",
     )
     ev.add_argument("--limit", type=int, default=None, help="the first N cases only")
+    ev.add_argument(
+        "--budget-ms",
+        type=int,
+        default=None,
+        help="override the rule's budget (quality apart from latency)",
+    )
     ev.add_argument("--tolerance", type=float, default=0.01, help="numeric tolerance")
     ev.add_argument("--price-in", type=float, default=0.0, help="cost per 1M prompt tokens")
     ev.add_argument("--price-out", type=float, default=0.0, help="cost per 1M output tokens")
@@ -263,6 +269,7 @@ def _eval(args: argparse.Namespace) -> int:
             evaluate_async(
                 cases, config, args.rule, method=args.method, variants=variants,
                 tolerance=args.tolerance, price_in=args.price_in, price_out=args.price_out,
+                budget_ms=args.budget_ms,
                 progress=None if args.quiet else ProgressBar(),
             )
         )  # fmt: skip

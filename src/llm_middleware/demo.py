@@ -115,7 +115,8 @@ SEARCH_PROMPT_COPY: dict[str, Any] = {
     ],
 }  # fmt: skip
 
-# Few-shot examples: one full answer, one with nothing to extract, one synonym.
+# Few-shot examples: one full answer, one with nothing to extract, one synonym. (Version 4,
+# one example per category, measured worse: a longer prompt, more timeouts on 2 busy cores.)
 SEARCH_PROMPT: dict[str, Any] = {
     "name": "search-intent",
     "version": "3",
@@ -225,6 +226,7 @@ def demo_config(provider_url: str, model: str, dialect: str, budget_ms: int) -> 
                         "prompt": SEARCH_PROMPT,
                         "grounded": True,
                         "synonyms": SEARCH_SYNONYMS,
+                        "cues": {"max_price": PRICE_CUES},
                         # The legacy view filters by these parameters: the intent fills the
                         # ones the shopper left out.
                         "rewrite": {

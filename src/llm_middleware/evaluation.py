@@ -350,11 +350,15 @@ def build_exchange(source: str, path: str, method: str, text: str) -> RequestExc
     return RequestExchange(method, path, query, Headers(headers), body, client_key="eval")
 
 
-def _variant_config(config: Config, rule_index: int, interceptor: int, variant: Variant) -> Config:
+def _variant_config(
+    config: Config, rule_index: int, interceptor: int, variant: Variant, budget_ms: int | None
+) -> Config:
     data = config.model_dump(by_alias=True)
     rule = data["rules"][rule_index]
     rule["mode"] = "enforce"
     rule["sample"] = 1.0
+    if budget_ms is not None:
+        rule["budget_ms"] = budget_ms
     icpt = rule["interceptors"][interceptor]
     if variant.prompt == "default":
         icpt["prompt"] = None  # the built-in default prompt
@@ -447,10 +451,12 @@ async def evaluate_async(
     tolerance: float = 0.01,
     price_in: float = 0.0,
     price_out: float = 0.0,
+    budget_ms: int | None = None,
     progress: Progress | None = None,
 ) -> list[EvalReport]:
     """Run ``cases`` through the intent rule matching ``path``, once per variant (the config
-    as it is when none is given); one report per variant, in order."""
+    as it is when none is given); one report per variant, in order. ``budget_ms`` overrides
+    the rule's budget (to measure quality apart from latency on a loaded machine)."""
     config = load_config(config)
     if method is None:  # the first of GET, POST that the rule takes
         method = next(
@@ -461,7 +467,7 @@ async def evaluate_async(
     raw: dict[str, list[CaseResult]] = {}
     reports: list[EvalReport] = []
     for variant in variants:
-        vconfig = _variant_config(config, rule_index, icpt_index, variant)
+        vconfig = _variant_config(config, rule_index, icpt_index, variant, budget_ms)
         icpt = vconfig.rules[rule_index].interceptors[icpt_index]
         assert isinstance(icpt, IntentExtraction)
         name = _interceptor_name(vconfig, rule_index, icpt_index)
