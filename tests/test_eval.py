@@ -101,7 +101,7 @@ def test_gates_name_what_failed() -> None:
     [report] = _static_report()
     assert check_gates([report], min_field_precision=0.5) == []
     failures = check_gates([report], min_field_precision=0.95, min_exact_match=0.9)
-    assert any("color precision 0.50 < 0.95" in f for f in failures)
+    assert any("color precision 0.500 < 0.95" in f for f in failures)
     assert any("exact match" in f for f in failures)
 
 
@@ -153,7 +153,7 @@ def test_cli_writes_reports_and_gates_exit_non_zero(
             "--grounded", "both", "--markdown", str(md), "--json", str(js)]  # fmt: skip
     assert main([*argv, "--min-field-precision", "0.95"]) == 1
     err = capsys.readouterr().err
-    assert "GATE FAILED: rule: max_price precision 0.00 < 0.95" in err
+    assert "GATE FAILED: rule: max_price precision 0.000 < 0.95" in err
     assert "rule +grounded" not in err  # grounding drops the invented price
     assert "| metric | rule | rule +grounded |" in md.read_text()
     assert [r["variant"] for r in json.loads(js.read_text())] == ["rule", "rule +grounded"]

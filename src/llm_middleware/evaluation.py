@@ -571,14 +571,14 @@ def check_gates(
         for name, s in r.scores.items():
             low_p = min_field_precision is not None and (s.precision or 0.0) < min_field_precision
             if low_p and s.predicted:
-                failures.append(f"{r.variant}: {name} precision {_fmt(s.precision)} "
+                failures.append(f"{r.variant}: {name} precision {s.precision or 0.0:.3f} "
                                 f"< {min_field_precision}")  # fmt: skip
             low_r = min_field_recall is not None and (s.recall or 0.0) < min_field_recall
             if low_r and s.relevant:
-                failures.append(f"{r.variant}: {name} recall {_fmt(s.recall)} "
+                failures.append(f"{r.variant}: {name} recall {s.recall or 0.0:.3f} "
                                 f"< {min_field_recall}")  # fmt: skip
         if min_exact_match is not None and r.exact_match < min_exact_match:
-            failures.append(f"{r.variant}: exact match {r.exact_match:.2f} < {min_exact_match}")
+            failures.append(f"{r.variant}: exact match {r.exact_match:.3f} < {min_exact_match}")
         if max_p95_ms is not None and r.latency(95) > max_p95_ms:
             failures.append(f"{r.variant}: latency p95 {r.latency(95):.0f} ms > {max_p95_ms}")
     return failures
