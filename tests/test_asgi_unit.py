@@ -252,7 +252,7 @@ async def test_one_log_event_per_request_without_values(fault_server: FaultServe
     assert event["outcomes"] == {"intent": "ok"}
     assert (event["llm_calls"], event["prompt_tokens"], event["completion_tokens"]) == (1, 30, 5)
     assert event["models"] == ["fake"]
-    assert event["prompt_versions"] == ["default-intent-SearchIntent@1"]
+    assert event["prompt_versions"] == ["default-intent-SearchIntent@2"]
     assert "secret query" not in repr(logs) and "shoes" not in repr(logs)
     headers = dict(sent[0]["headers"])
     assert headers[b"server-timing"].startswith(b"llm;dur=")

@@ -159,7 +159,7 @@ async def test_cache_returns_copies_and_respects_prompt_version(fault_server: Fa
         first, _ = await call(client)
         first.color = "mutated by a view"
         second, cached = await call(client)
-        v2 = PROMPT.model_copy(update={"version": "2"})
+        v2 = PROMPT.model_copy(update={"version": PROMPT.version + "-next"})
         _, cached_v2 = await client.structured(
             SearchIntent, v2, "red shoes", Deadline(0.5), CallStats()
         )

@@ -452,3 +452,82 @@ def test_django_check_reports_a_broken_rule(env: dict[str, str], field: str) -> 
     assert result.returncode == 1
     assert "(llm_middleware.E003)" in result.stderr
     assert field in result.stderr
+
+
+# -- the demo (`llm-middleware demo`): its app, against the fault server ------------------------
+
+
+@contextlib.contextmanager
+def serve_demo(provider: FaultServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("LLM_DEMO_PROVIDER_URL", provider.url)
+    monkeypatch.setenv("LLM_DEMO_BUDGET_MS", str(ANSWER_BUDGET_MS))
+    from llm_middleware.demo import create_app
+
+    with serve_asgi_thread(create_app()) as url:
+        yield url
+
+
+def test_demo_search_uses_a_grounded_intent(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model invents a colour and a price; grounding keeps only what the text says.
+    fault_server.default = reply({"category": "shoes", "color": "red", "max_price": 10.99})
+    with serve_demo(fault_server, monkeypatch) as base:
+        data = httpx.get(base + "/search", params={"q": "black trainers"}, timeout=10).json()
+    assert data["intent"] == {"category": "shoes", "color": None, "max_price": None}
+    assert data["outcomes"] == {"intent": "ok"}
+    assert data["filters"] == {"category": "shoes", "color": None, "max_price": None}
+    assert data["results"] and {r["category"] for r in data["results"]} == {"shoes"}
+
+
+def test_demo_catalogue_has_six_categories_with_colours_and_prices() -> None:
+    from llm_middleware.demo import CATALOG
+
+    assert len(CATALOG) >= 30
+    assert {p["category"] for p in CATALOG} >= {
+        "shoes", "hats", "jackets", "bags", "shirts", "dresses"}  # fmt: skip
+    assert len({p["color"] for p in CATALOG}) >= 8 and all(p["price"] > 0 for p in CATALOG)
+
+
+def test_demo_bad_max_price_is_a_clear_400(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault_server.default = reply({"category": None, "color": None, "max_price": None})
+    with serve_demo(fault_server, monkeypatch) as base:
+        bad = httpx.get(base + "/search", params={"q": "hats", "max_price": "abc"}, timeout=10)
+        plain = httpx.get(base + "/search", params={"category": "hats"}, timeout=10).json()
+    assert bad.status_code == 400 and bad.json() == {"error": "max_price must be a number"}
+    assert plain["outcomes"] == {"intent": "skipped"} and plain["reasons"] == {
+        "intent": "source_missing"
+    }
+    assert {r["category"] for r in plain["results"]} == {"hats"}
+
+
+def test_demo_tickets_are_masked_and_articles_enriched(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault_server.default = reply(SUMMARY)
+    with serve_demo(fault_server, monkeypatch) as base:
+        ticket = httpx.post(base + "/tickets", json=TICKET, timeout=10)
+        article = httpx.get(base + "/articles/1", timeout=10).json()
+    assert ticket.status_code == 201
+    assert ticket.json()["message"] == MASKED_TICKET["message"]
+    assert ticket.json()["masked"] == MASKED_COUNTS
+    assert article["summary"] == SUMMARY and article["id"] == 1
+
+
+def test_demo_refuses_a_port_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "llm_middleware.cli", "demo", "--provider-url",
+             "http://127.0.0.1:9/v1", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in done.stdout
+    assert "ready" not in done.stdout

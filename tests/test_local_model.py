@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import re
 import signal
@@ -34,6 +33,39 @@ if not HAVE_LOCAL:
     pytest.skip("the [local] extra is not installed", allow_module_level=True)
 
 BUDGET_MS = 8000
+OWN_SLACK_MS = 5.0  # what the middleware itself may add past the budget on an idle machine
+
+
+class LagProbe:
+    """Measures scheduler delay while a test runs: a thread asks to sleep 5 ms again and again
+    and records how late it wakes. On a loaded machine every deadline fires that late too, so
+    a timing assertion allows the budget + our own slack + a multiple of the worst lag seen."""
+
+    def __init__(self) -> None:
+        self.worst_ms = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            time.sleep(0.005)
+            late = (time.perf_counter() - started) * 1000 - 5.0
+            self.worst_ms = max(self.worst_ms, late)
+
+    def __enter__(self) -> LagProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def slack_ms(self) -> float:
+        return OWN_SLACK_MS + 3 * self.worst_ms
+
+
 QUERIES = ["red shoes under $100", "a yellow rain jacket", "black trail shoes", "cheap red hat"]
 SCHEMA = "schemas.SearchIntent"
 
@@ -107,14 +139,14 @@ def _config(url: str, **rule: Any) -> dict[str, Any]:
 def test_intent_on_real_model_is_valid_or_recorded_within_budget(local_llm: str) -> None:
     from schemas import SearchIntent
 
-    with serve_asgi_thread(build_starlette(_config(local_llm))) as base:
+    with LagProbe() as lag, serve_asgi_thread(build_starlette(_config(local_llm))) as base:
         results = [httpx.get(base + "/search", params={"q": q}, timeout=60).json() for q in QUERIES]
     for data in results:
         outcome = data["outcomes"]["intent"]
         assert outcome in {"ok", "invalid", "timeout"}, data
         if outcome == "ok":
             SearchIntent.model_validate(data["intent"])
-        assert data["added_ms"] <= BUDGET_MS + 5
+        assert data["added_ms"] <= BUDGET_MS + lag.slack_ms, (data["added_ms"], lag.worst_ms)
     assert any(d["outcomes"]["intent"] == "ok" for d in results), results
 
 
@@ -134,47 +166,88 @@ def test_pii_never_reaches_the_model_server(local_llm: str) -> None:
     assert not re.search(r"415\D*555\D*0132", received)
 
 
-def test_demo_command_starts_serves_and_stops(local_llm: str) -> None:
-    # The README's main command runs `llm-middleware demo`; here against the session's server
-    # (--provider-url) so the test does not start a second model.
+def _ignore_sigint() -> None:  # runs in the child before exec
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
+            found |= {int(c) for c in fh.read().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def _start_demo(local_llm: str) -> tuple[subprocess.Popen[str], int, list[str]]:
+    # Started with SIGINT ignored, as a shell does for a background job: the demo installs its
+    # own handlers, so how the test runner was launched does not matter.
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm_middleware.cli", "demo", "--provider-url", local_llm,
          "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_ignore_sigint,
     )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C" in line or not line:
+            break
+    return proc, port, lines
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_demo_serves_then_stops_without_leaving_a_child(
+    local_llm: str, how: signal.Signals
+) -> None:
+    proc, port, lines = _start_demo(local_llm)
+    children: set[int] = set()
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl-C" in line or not line:
-                break
         assert any("demo app ready" in line for line in lines), lines
         response = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": "red shoes"},
                              timeout=60)  # fmt: skip
         data = response.json()
         assert response.status_code == 200
-        assert data["outcomes"]["intent"] in {"ok", "invalid", "timeout"}
+        assert set(data) >= {"intent", "outcomes", "results"}
+        assert data["outcomes"]["intent"] in {"ok", "cached", "invalid", "timeout"}
         assert all(isinstance(item["id"], int) for item in data["results"])
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        children = _children(proc.pid)
+        assert children, "the demo runs its app in a child process"
+        proc.send_signal(how)
+        code = proc.wait(timeout=30)
+        assert code == (0 if how != signal.SIGKILL else -signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if _alive(c)], "a child outlived the demo"
     finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()
-    assert json.loads(json.dumps(data))  # the demo answered JSON
 
 
 def test_enrichment_on_an_article_with_the_real_model(local_llm: str) -> None:
     from apps import ARTICLE_BODY
     from schemas import Summary
 
-    with serve_asgi_thread(build_starlette(_config(local_llm))) as base:
+    with LagProbe() as lag, serve_asgi_thread(build_starlette(_config(local_llm))) as base:
         started = time.monotonic()
         response = httpx.get(base + "/article", params={"kind": "json"}, timeout=60)
         wall_ms = (time.monotonic() - started) * 1000
@@ -184,4 +257,4 @@ def test_enrichment_on_an_article_with_the_real_model(local_llm: str) -> None:
     assert int(response.headers["content-length"]) == len(response.content)
     if "summary" in doc:  # the model made it in time with a valid object
         Summary.model_validate(doc["summary"])
-    assert wall_ms <= BUDGET_MS + 500
+    assert wall_ms <= BUDGET_MS + 500 + lag.slack_ms, (wall_ms, lag.worst_ms)

@@ -29,6 +29,7 @@ __all__ = [
     "OpenAICompatible",
     "PIIMasking",
     "Prompt",
+    "PromptExample",
     "ResponseEnrichment",
     "Rule",
     "load_config",
@@ -147,6 +148,11 @@ class Anthropic(_Model):
 Provider = Annotated[OpenAICompatible | Anthropic, Field(discriminator="kind")]
 
 
+class PromptExample(_Model):
+    input: str
+    output: dict[str, Any]
+
+
 class Prompt(_Model):
     """A versioned prompt. ``{input}`` in ``user`` is replaced by the delimited input text,
     ``{schema}`` (in either) by the JSON schema of the expected output."""
@@ -155,6 +161,9 @@ class Prompt(_Model):
     version: str = "1"
     system: str
     user: str = "{input}"
+    # Few-shot examples, sent as earlier user/assistant turns: {"input": "...", "output": {...}}.
+    # Change the version when you change them (the version is part of the cache key).
+    examples: list[PromptExample] = Field(default_factory=list)
 
 
 class IntentExtraction(_Model):
@@ -168,6 +177,16 @@ class IntentExtraction(_Model):
     # kept unless rewrite_overwrite.
     rewrite: dict[str, str] = Field(default_factory=dict)
     rewrite_overwrite: bool = False
+    # Grounding: True checks every field, a list checks those; a field the input does not
+    # support is dropped (see llm_middleware.grounding). synonyms: {field: {value: [words]}}.
+    grounded: bool | list[str] = False
+    synonyms: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    # Number fields: words or symbols one of which must stand next to the number ("under", "$").
+    cues: dict[str, list[str]] = Field(default_factory=dict)
+    # Shadow mode: log what the LLM produced next to what the request carried, for this share
+    # of shadowed requests (0 = off), to structlog or a JSONL file (masked values only).
+    compare: float = Field(default=0.0, ge=0.0, le=1.0)
+    compare_sink: str | None = None
 
     @field_validator("source")
     @classmethod
@@ -177,6 +196,11 @@ class IntentExtraction(_Model):
     @model_validator(mode="after")
     def _check_rewrite(self) -> IntentExtraction:
         fields = self.schema_.model_fields
+        names = self.grounded if isinstance(self.grounded, list) else []
+        for name in [*names, *self.synonyms, *self.cues]:
+            if name not in fields:
+                schema = self.schema_.__name__
+                raise ValueError(f"grounded/synonyms/cues: no field {name!r} in {schema}")
         for name, target in self.rewrite.items():
             if name not in fields:
                 raise ValueError(f"rewrite: {self.schema_.__name__} has no field {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from .config import (
@@ -25,9 +25,10 @@ from .interceptors.enrichment import EnrichmentInterceptor
 from .interceptors.intent import IntentInterceptor
 from .interceptors.pii import PIIInterceptor
 from .llm import CallStats, LLMClient, LLMError
-from .observability import log_internal_error, log_request
+from .observability import log_internal_error, log_request, logger
 from .result import LLMResult
 from .routing import Router
+from .shadow import comparison_records, emit
 
 __all__ = ["CompiledRule", "Engine"]
 
@@ -38,7 +39,7 @@ class CompiledRule:
     __slots__ = (
         "index", "config", "label", "interceptors", "needs_body", "budget_s", "max_body_bytes",
         "mode", "sample_threshold", "request_interceptors", "response_interceptors",
-        "needs_response", "max_response_bytes",
+        "needs_response", "max_response_bytes", "compared",
     )  # fmt: skip
 
     def __init__(self, index: int, rule: Rule, interceptors: Sequence[Interceptor], config: Config):
@@ -52,7 +53,13 @@ class CompiledRule:
         self.response_interceptors = sorted(
             (i for i in interceptors if i.handles_response), key=lambda i: i.runs_first
         )
-        self.needs_response = bool(self.response_interceptors) and rule.mode == "enforce"
+        # In shadow mode the response is buffered too, and a copy goes to the shadow run.
+        self.needs_response = bool(self.response_interceptors) and rule.mode != "off"
+        self.compared: list[tuple[str, IntentExtraction]] = [
+            (i.name, i.config)
+            for i in interceptors
+            if isinstance(i, IntentInterceptor) and i.config.compare > 0
+        ]
         self.max_response_bytes = config.max_response_bytes
         self.needs_body = any(i.needs_body for i in interceptors)
         self.budget_s = rule.budget_ms / 1000.0
@@ -129,15 +136,80 @@ class Engine:
             result = LLMResult(rule=rule.label)
             for icpt in rule.interceptors:
                 result.record(icpt.name, "shadow")
-            if len(self._background) < MAX_BACKGROUND_TASKS:
-                shadow = _clone(exchange)
-                task = asyncio.get_running_loop().create_task(
-                    self._run(rule, shadow, Deadline(rule.budget_s))
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            task = self._start_background(self._shadow_request(rule, _clone(exchange)))
+            if task is not None and rule.response_interceptors:
+                # The response side runs in shadow too, on a copy, once this task is done.
+                result.context = _ShadowState(task)
             return result
         return await self._run(rule, exchange, deadline)
+
+    def _start_background(
+        self, coro: Coroutine[Any, Any, LLMResult | None]
+    ) -> asyncio.Task[LLMResult | None] | None:
+        """The one place shadow work is started (bounded: ``None`` when too much is running).
+        CORE routes this to the per-process background loop."""
+        if len(self._background) >= MAX_BACKGROUND_TASKS:
+            coro.close()
+            return None
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()  # never awaited: no warning, no leak
+            raise
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _shadow_request(self, rule: CompiledRule, exchange: RequestExchange) -> LLMResult:
+        """A shadowed request, run as if enforced on a copy; logged at once, compared when an
+        intent interceptor asks, its context kept for the shadow response side."""
+        deadline = Deadline(rule.budget_s)
+        result = LLMResult(rule=rule.label)
+        stats = CallStats()
+        original = _clone(exchange)  # what the client sent, before any rewrite
+        try:
+            if not rule.sampled(exchange.client_key):
+                for icpt in rule.interceptors:
+                    result.record(icpt.name, "skipped", "sampled_out")
+            else:
+                await self._run_interceptors(
+                    rule, exchange, deadline, result, stats, keep_context=True
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_internal_error("engine.shadow", exc)
+            for icpt in rule.interceptors:
+                result.outcomes.setdefault(icpt.name, "error")
+        result.added_ms = deadline.elapsed_ms()
+        self.log(rule, exchange.method, result, stats)
+        ctx = result.context
+        if ctx is not None and rule.compared:
+            try:
+                for record, sink in comparison_records(rule.label, rule.compared, ctx, original):
+                    emit(record, sink, logger)
+            except Exception as exc:  # a full disk must not reach anyone
+                log_internal_error("shadow_compare", exc)
+        return result
+
+    async def run_measured(
+        self, rule: CompiledRule, exchange: RequestExchange, deadline: Deadline
+    ) -> tuple[LLMResult, CallStats]:
+        """Run a rule's request side as in enforce mode (whatever its mode and sample) and
+        return what it spent; for ``llm-middleware eval``. Never raises but cancellation."""
+        result = LLMResult(rule=rule.label)
+        stats = CallStats()
+        try:
+            await self._run_interceptors(rule, exchange, deadline, result, stats)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_internal_error("engine.eval", exc)
+            for icpt in rule.interceptors:
+                result.outcomes.setdefault(icpt.name, "error")
+        result.added_ms = deadline.elapsed_ms()
+        result.context = None
+        return result, stats
 
     async def _run(
         self, rule: CompiledRule, exchange: RequestExchange, deadline: Deadline
@@ -204,6 +276,9 @@ class Engine:
         ctx = result.context
         if ctx is None:
             return
+        if isinstance(ctx, _ShadowState):  # the shadow run logs itself
+            result.context = None
+            return
         if skip_reason is not None:
             for icpt in rule.response_interceptors:
                 result.outcomes.setdefault(icpt.name, "skipped")
@@ -217,6 +292,12 @@ class Engine:
         """Run the response interceptors in what the request side left of the budget; never
         raises (but for cancellation). The adapter applies ``response.new_body`` and
         ``response.set_headers`` and then calls ``finish_response``."""
+        shadow = result.context
+        if isinstance(shadow, _ShadowState):
+            need_loop()
+            copy = ResponseExchange(response.status, response.headers, response.body)
+            self._start_background(self._shadow_response(rule, shadow.task, copy))
+            return
         ctx: RequestContext | None = result.context
         if ctx is None:
             return
@@ -231,6 +312,39 @@ class Engine:
             response.new_body = None
             response.set_headers.clear()
         result.added_ms += started.elapsed_ms()
+
+    async def _shadow_response(
+        self,
+        rule: CompiledRule,
+        request_side: asyncio.Task[LLMResult | None],
+        response: ResponseExchange,
+    ) -> None:
+        """The response side of a shadowed request, on a copy of the response: run, logged,
+        never applied."""
+        req = await asyncio.shield(request_side)
+        ctx: RequestContext | None = req.context if req is not None else None
+        if req is None or ctx is None:
+            return
+        req.context = None
+        started = Deadline(0)
+        ctx.deadline = Deadline(max(0.0, rule.budget_s - req.added_ms / 1000.0))
+        try:
+            await self._run_response_interceptors(rule, ctx, response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_internal_error("engine.shadow_response", exc)
+        names = {i.name for i in rule.response_interceptors}
+        try:
+            logger.info(
+                "llm_middleware.shadow_response",
+                rule=rule.label,
+                outcomes={k: v for k, v in req.outcomes.items() if k in names},
+                reasons={k: v for k, v in req.reasons.items() if k in names},
+                added_ms=round(started.elapsed_ms(), 2),
+            )
+        except Exception as exc:
+            log_internal_error("log_shadow_response", exc)
 
     async def _run_response_interceptors(
         self, rule: CompiledRule, ctx: RequestContext, response: ResponseExchange
@@ -252,9 +366,10 @@ class Engine:
         deadline: Deadline,
         result: LLMResult,
         stats: CallStats,
+        keep_context: bool = False,
     ) -> None:
         ctx = RequestContext(exchange, deadline, result, stats, self.llm)
-        if rule.needs_response:
+        if rule.needs_response or keep_context:
             result.context = ctx
         for icpt in rule.request_interceptors:
             body, query = exchange.new_body, exchange.new_query_string
@@ -309,6 +424,15 @@ class Engine:
         for task in list(self._background):
             task.cancel()
         await self.llm.aclose()
+
+
+class _ShadowState:
+    """``result.context`` of a shadowed request whose response side runs in shadow too."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: asyncio.Task[LLMResult | None]) -> None:
+        self.task = task
 
 
 def _clone(exchange: RequestExchange) -> RequestExchange:

@@ -11,10 +11,8 @@ class SearchIntent(BaseModel):
 
     # Rewritten into the query string the legacy view reads: the same limits as its parameters,
     # so that a value the view would refuse is an invalid intent and is never written.
-    category: str | None = Field(
-        default=None, max_length=50, description="kind of product, e.g. shoes, hat"
-    )
-    color: str | None = Field(default=None, max_length=50, description="colour, e.g. red")
+    category: str | None = Field(default=None, max_length=50, description="the kind of product")
+    color: str | None = Field(default=None, max_length=50, description="the colour asked for")
     max_price: float | None = Field(default=None, ge=0, description="highest price in dollars")
 
 

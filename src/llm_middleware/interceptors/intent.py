@@ -17,6 +17,8 @@ from ..exchange import (
     json_pointer_set,
     read_source_value,
 )
+from ..grounding import Grounder, UngroundedError
+from ..llm import LLMInvalidOutput
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
 
@@ -36,6 +38,10 @@ class IntentInterceptor:
         self.schema = config.schema_
         self.prompt = config.prompt or default_prompt(self.schema, "intent")
         schema_json(self.schema)  # built once at start-up, not on the first request
+        self.grounder: Grounder | None = None
+        if config.grounded:
+            fields = config.grounded if isinstance(config.grounded, list) else None
+            self.grounder = Grounder(self.schema, fields, config.synonyms, config.cues)
         self.needs_body = config.source.split(":", 1)[0] in ("form", "json", "body") or any(
             target.startswith("json:") for target in config.rewrite.values()
         )
@@ -48,15 +54,25 @@ class IntentInterceptor:
 
     async def on_request(self, ctx: RequestContext) -> str:
         source = self.config.source
+        raw = read_source_value(ctx.exchange, source)
         # Cut one past the cap before masking (detection cost bounded), refused below.
-        value = read_source_value(ctx.exchange, source)
-        text = await ctx.privacy.protect_value(value, source, MAX_INPUT_CHARS + 1)
+        text = await ctx.privacy.protect_value(raw, source, MAX_INPUT_CHARS + 1)
         if len(text) > MAX_INPUT_CHARS:
             raise SourceError("input_too_long", f"{len(text)} characters")
         obj, cached = await ctx.llm.structured(
             self.schema, self.prompt, text, ctx.deadline, ctx.stats
         )
         obj = ctx.restore_model(obj)
+        if self.grounder is not None:
+            # Checked against what the client sent (placeholders are restored in obj).
+            plain = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+            try:
+                grounded = self.grounder.ground(obj, plain)
+            except UngroundedError as exc:
+                raise LLMInvalidOutput(str(exc), reason="ungrounded_required_field") from None
+            obj = grounded.obj
+            if grounded.reason:
+                ctx.result.reasons[self.name] = grounded.reason
         ctx.result.intents[self.name] = obj
         if ctx.result.intent is None:
             ctx.result.intent = obj
