@@ -43,8 +43,9 @@ def _masker(ctx: RequestContext) -> Any:
 
     def mask(value: Any) -> Any:
         if isinstance(value, str):
-            if ctx.privacy is not NO_PRIVACY:
-                text = ctx.privacy.protect_value(value)
+            protect = getattr(ctx.privacy, "protect", None)  # the rule's own vault, sync
+            if ctx.privacy is not NO_PRIVACY and protect is not None:
+                text = protect(value)
             else:
                 text = mask_text(value, _default_detector(), vault, "redact")
             return scrub(text, ctx.result.pii_values)
