@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from fault_server import (
@@ -45,8 +46,25 @@ async def wait_idle(client: LLMClient) -> None:
     for _ in range(50):
         if client.in_flight == 0:
             return
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
     raise AssertionError(f"{client.in_flight} LLM calls still in flight")
+
+
+async def gather(*calls: tuple[float, Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``(delay, call)`` pairs concurrently (any backend); each call's value or exception."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(i: int, delay: float, make: Callable[[], Awaitable[Any]]) -> None:
+        await anyio.sleep(delay)
+        try:
+            results[i] = await make()
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, (delay, make) in enumerate(calls):
+            tg.start_soon(run, i, delay, make)
+    return results
 
 
 async def call(client: LLMClient, text: str = "red shoes", budget: float = 0.5) -> Any:
@@ -131,7 +149,7 @@ async def test_breaker_half_opens_after_reset(fault_server: FaultServer) -> None
             await call(client, text="a")
         with pytest.raises(CircuitOpen):
             await call(client, text="b")
-        await asyncio.sleep(0.06)
+        await anyio.sleep(0.06)
         obj, _ = await call(client, text="c")
     finally:
         await client.aclose()
@@ -142,7 +160,7 @@ async def test_concurrent_identical_calls_share_one_request(fault_server: FaultS
     fault_server.default = reply(GOOD, delay=0.1)
     client = LLMClient(config(fault_server.url))
     try:
-        results = await asyncio.gather(*(call(client) for _ in range(20)))
+        results = await gather(*((0.0, lambda: call(client)) for _ in range(20)))
         again, cached = await call(client)
     finally:
         await client.aclose()
@@ -174,15 +192,19 @@ async def test_in_flight_cap_sheds_at_once(fault_server: FaultServer) -> None:
     fault_server.default = hang_before_headers()
     client = LLMClient(config(fault_server.url, max_in_flight=2))
     try:
-        hanging = [asyncio.create_task(call(client, text=f"q{i}", budget=0.3)) for i in range(2)]
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(Shed):
-            await call(client, text="one too many")
-        shed_s = time.monotonic() - started
-        for task in hanging:
-            with pytest.raises(LLMTimeout):
-                await task
+
+        async def one_too_many() -> float:
+            started = time.monotonic()
+            with pytest.raises(Shed):
+                await call(client, text="one too many")
+            return time.monotonic() - started
+
+        *hanging, shed_s = await gather(
+            (0.0, lambda: call(client, text="q0", budget=0.3)),
+            (0.0, lambda: call(client, text="q1", budget=0.3)),
+            (0.05, one_too_many),
+        )
+        assert all(isinstance(r, LLMTimeout) for r in hanging)
     finally:
         await client.aclose()
     assert shed_s < 0.05
@@ -277,19 +299,19 @@ async def test_breaker_opens_for_a_provider_that_hangs(fault_server: FaultServer
         await client.aclose()
 
 
-async def test_a_patient_caller_extends_the_shared_call(fault_server: FaultServer) -> None:
-    # A 50 ms caller starts the call; a 1 s caller joins it; the answer at 300 ms serves the
-    # second one instead of both timing out at the first one's deadline.
+async def test_a_patient_caller_is_not_cut_short_by_a_hasty_one(fault_server: FaultServer) -> None:
+    # A 50 ms caller starts the call; a 1 s caller joins it. The shared call keeps the
+    # deadline it started with (joiners never extend it: a stream of joiners could keep it
+    # alive for ever); when it runs out, the patient caller starts a fresh call of its own.
     fault_server.default = reply(GOOD, delay=0.3)
     client = LLMClient(config(fault_server.url))
     try:
-        hasty = asyncio.create_task(call(client, budget=0.05))
-        await asyncio.sleep(0.01)
-        patient = asyncio.create_task(call(client, budget=1.0))
-        with pytest.raises(LLMTimeout):
-            await hasty
-        obj, _ = await patient
+        hasty, patient = await gather(
+            (0.0, lambda: call(client, budget=0.05)), (0.01, lambda: call(client, budget=1.0))
+        )
+        assert isinstance(hasty, LLMTimeout)
+        obj, _ = patient
     finally:
         await client.aclose()
     assert obj == SearchIntent(**GOOD)
-    assert len(fault_server.requests) == 1
+    assert len(fault_server.requests) == 2

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import anyio
+
+from .bridge import BACKGROUND
 from .config import (
     Config,
     ConfigError,
@@ -106,7 +110,9 @@ class Engine:
             methods = frozenset(rule.methods) if rule.methods is not None else None
             rules.append((rule.path, methods, CompiledRule(index, rule, interceptors, self.config)))
         self.router: Router[CompiledRule] = Router(rules)
-        self._background: set[asyncio.Task[Any]] = set()
+        # Shadow runs, on the background loop (never a task on the host's loop, which may be
+        # trio or end before they do).
+        self._background: set[concurrent.futures.Future[Any]] = set()
 
     def match(self, method: str, path: str) -> CompiledRule | None:
         return self.router.match(method, path)
@@ -131,11 +137,7 @@ class Engine:
                 result.record(icpt.name, "shadow")
             if len(self._background) < MAX_BACKGROUND_TASKS:
                 shadow = _clone(exchange)
-                task = asyncio.get_running_loop().create_task(
-                    self._run(rule, shadow, Deadline(rule.budget_s))
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._run(rule, shadow, Deadline(rule.budget_s)))
             return result
         return await self._run(rule, exchange, deadline)
 
@@ -162,6 +164,11 @@ class Engine:
             return result  # logged once the response side is done (finish_response)
         self.log(rule, exchange.method, result, stats)
         return result
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        future = BACKGROUND.submit(coro)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     def log(self, rule: CompiledRule, method: str, result: LLMResult, stats: CallStats) -> None:
         try:
@@ -282,8 +289,8 @@ class Engine:
         try:
             if inline():  # no loop: nothing here may wait (an I/O step raises NeedsLoop)
                 outcome = await call()
-            else:
-                async with asyncio.timeout(remaining):
+            else:  # anyio: the host's loop may be asyncio or trio
+                with anyio.fail_after(remaining):
                     outcome = await call()
         except TimeoutError:
             result.record(icpt.name, "timeout", "deadline")
@@ -306,8 +313,8 @@ class Engine:
         self.llm.close()
 
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
+        for future in list(self._background):
+            future.cancel()
         await self.llm.aclose()
 
 

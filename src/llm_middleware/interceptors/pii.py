@@ -3,12 +3,13 @@ text whole), before business logic, logs or any provider sees them."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import anyio
 
 from ..config import PIIMasking
 from ..exchange import ResponseExchange, SourceError, charset_of, is_json_type
@@ -162,4 +163,4 @@ async def _off_loop_if_large(work: Callable[[], T], size: int, remaining_s: floa
     if size / _MASK_BYTES_PER_S > remaining_s:
         raise SourceError("too_large_for_budget", f"{size} bytes")
     need_loop()
-    return await asyncio.to_thread(work)
+    return await anyio.to_thread.run_sync(work)  # any backend: asyncio or trio
