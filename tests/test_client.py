@@ -11,6 +11,7 @@ import pytest
 
 from fault_server import (
     FaultServer,
+    drip,
     hang_before_headers,
     rate_limited,
     refused_url,
@@ -23,6 +24,7 @@ from llm_middleware.llm import (
     CallStats,
     CircuitOpen,
     LLMClient,
+    LLMConfigError,
     LLMTimeout,
     LLMTransportError,
     Shed,
@@ -315,3 +317,113 @@ async def test_a_patient_caller_is_not_cut_short_by_a_hasty_one(fault_server: Fa
         await client.aclose()
     assert obj == SearchIntent(**GOOD)
     assert len(fault_server.requests) == 2
+
+
+async def late_sleep(seconds: float) -> float:
+    """The reference: how late a plain sleep of ``seconds`` ends under the same load."""
+    started = time.monotonic()
+    await anyio.sleep(seconds)
+    return time.monotonic() - started - seconds
+
+
+async def timed(make: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    started = time.monotonic()
+    try:
+        value: Any = await make()
+    except Exception as exc:
+        value = exc
+    return time.monotonic() - started, value
+
+
+async def test_single_flight_is_not_starved_by_a_dripping_call(fault_server: FaultServer) -> None:
+    # The first call for a text drips for ever; identical requests keep arriving. They must
+    # not all join (and keep alive) that one call: once it runs out, a caller with time left
+    # starts afresh and is answered; distinct texts meanwhile keep their budget too.
+    fault_server.script(drip(GOOD, interval=0.05))
+    fault_server.default = reply(GOOD, delay=0.02)
+    client = LLMClient(config(fault_server.url, breaker_failures=10_000))
+    budget = 0.2
+    try:
+        calls: list[tuple[float, Callable[[], Awaitable[Any]]]] = []
+        for i in range(16):
+            calls.append((i * 0.04, lambda: timed(lambda: call(client, "same", budget))))
+            calls.append(
+                (i * 0.04 + 0.01, lambda i=i: timed(lambda: call(client, f"d{i}", budget)))
+            )
+        calls.append((0.0, lambda: late_sleep(budget)))
+        *results, lateness = await gather(*calls)
+    finally:
+        await client.aclose()
+    same, distinct = results[0::2], results[1::2]
+    # Every request keeps its budget (plus what a plain sleep of the budget overran by).
+    slack = max(lateness, 0.0) + 0.02
+    assert all(took <= budget + slack for took, _ in results), [t for t, _ in results]
+    assert all(isinstance(v, tuple) for _, v in distinct), distinct
+    # The first identical request (and those that joined it too late to restart) time out;
+    # every identical request that arrived after the first budget is answered.
+    arrivals = [i * 0.04 for i in range(16)]
+    late_same = [v for (_, v), at in zip(same, arrivals, strict=True) if at >= budget]
+    assert late_same and all(isinstance(v, tuple) for v in late_same)
+    assert isinstance(same[0][1], LLMTimeout)
+
+
+async def test_error_answers_reuse_their_connection(fault_server: FaultServer) -> None:
+    # An error answer's (bounded) body is read, so its connection goes back to the pool.
+    fault_server.default = status(500)
+    client = LLMClient(config(fault_server.url, breaker_failures=10_000))
+    try:
+        for i in range(40):
+            with pytest.raises(LLMTransportError):
+                await call(client, text=f"q{i}")
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) >= 40  # (each call retried once: max_retries default)
+    assert fault_server.connections <= 5
+
+
+async def test_breaker_opens_on_a_hanging_provider_within_failures_budgets(
+    fault_server: FaultServer,
+) -> None:
+    # A 200 ms budget is not "tiny": no answer in it counts. After `breaker_failures` calls
+    # that waited their whole budget, the next ones fail at once.
+    fault_server.default = hang_before_headers()
+    client = LLMClient(config(fault_server.url, breaker_failures=3, breaker_reset_s=60))
+    took = []
+    try:
+        for i in range(6):
+            started = time.monotonic()
+            with pytest.raises((LLMTimeout, CircuitOpen)):
+                await call(client, text=f"q{i}", budget=0.2)
+            took.append(time.monotonic() - started)
+    finally:
+        await client.aclose()
+    assert all(t >= 0.15 for t in took[:3])
+    assert all(t < 0.05 for t in took[3:]), took
+
+
+async def test_api_key_with_control_characters_is_never_sent(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-abc\r\nX-Injected: 1")
+    fault_server.default = reply(GOOD)
+    cfg = load_config(
+        {
+            "providers": [
+                {
+                    "kind": "openai",
+                    "base_url": fault_server.url,
+                    "model": "m",
+                    "api_key_env": "TEST_LLM_KEY",
+                }
+            ]
+        }  # fmt: skip
+    )
+    client = LLMClient(cfg)
+    try:
+        with pytest.raises(LLMConfigError, match="TEST_LLM_KEY") as raised:
+            await call(client)
+    finally:
+        await client.aclose()
+    assert raised.value.reason == "bad_api_key"
+    assert fault_server.requests == []
+    assert "sk-abc" not in str(raised.value) + capsys.readouterr().out

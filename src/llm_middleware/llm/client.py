@@ -185,6 +185,10 @@ class LLMClient:
         self._typical_s = {p.label: 0.0 for p in self.providers}
         self._pending: dict[tuple[Any, ...], _Shared] = {}
         self._client: httpx.AsyncClient | None = None  # created on the background loop
+        # An instance dropped without close() still closes its pooled connections (on the
+        # loop) rather than leave them to the GC's ResourceWarning.
+        self._holder = _Holder()
+        weakref.finalize(self, self._holder.close_soon)
         self._tasks: set[asyncio.Task[Any]] = set()  # background-loop tasks, for aclose()
         if self.providers:
             warm_up()
@@ -301,7 +305,7 @@ class LLMClient:
         loop = BACKGROUND.loop()
         coro = self._run_shared(key, shared, schema, prompt, text, stats)
         if BACKGROUND.on_thread():
-            loop.create_task(coro)
+            _start_task(loop, coro)
         else:
             # A fresh context: nothing of the caller's (a trio run's marker, which httpcore
             # reads to choose its locks) reaches the call.
@@ -381,7 +385,7 @@ class LLMClient:
     def _http(self) -> httpx.AsyncClient:
         client = self._client
         if client is None or client.is_closed:
-            client = self._client = httpx.AsyncClient(
+            client = self._client = self._holder.client = httpx.AsyncClient(
                 transport=self._transport,
                 verify=ssl_context(),
                 limits=httpx.Limits(
@@ -393,11 +397,14 @@ class LLMClient:
         return client
 
     async def _aclose_here(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        # Close the pool first: calls in flight fail on their closed connections and end
+        # normally; cancelling them inside httpcore could drop a socket unclosed.
         client, self._client = self._client, None
+        self._holder.client = None
         if client is not None:
             await client.aclose()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _call_chain(
         self,
@@ -551,8 +558,32 @@ async def _drain(response: httpx.Response, deadline: Deadline) -> None:
             return  # not worth it: the connection is closed instead
 
 
+class _Holder:
+    """The httpx client of an ``LLMClient``, reachable by its finalizer (not the instance)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: httpx.AsyncClient | None = None
+
+    def close_soon(self) -> None:
+        client, self.client = self.client, None
+        loop = BACKGROUND.current()
+        if client is None or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(
+                _start_task, loop, client.aclose(), context=contextvars.Context()
+            )
+
+
+_ORPHANS: set[asyncio.Task[Any]] = set()  # tasks nobody else holds: kept alive until done
+
+
 def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
-    loop.create_task(coro)
+    task = loop.create_task(coro)
+    _ORPHANS.add(task)
+    task.add_done_callback(_ORPHANS.discard)
 
 
 # -- warm start: what the first call needs, prepared once per process, off the request path --
