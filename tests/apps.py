@@ -184,6 +184,7 @@ def describe(
 
 
 def build_starlette(config: Any) -> Any:
+    import anyio
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
@@ -208,6 +209,11 @@ def build_starlette(config: Any) -> Any:
     async def plain(request: Request) -> PlainTextResponse:
         return PlainTextResponse("plain")
 
+    async def sleep(request: Request) -> PlainTextResponse:
+        # Timing tests' reference: the same load on a view that just waits (``?ms=``).
+        await anyio.sleep(float(request.query_params.get("ms", "0")) / 1000)
+        return PlainTextResponse("slept")
+
     async def wait_disconnect(request: Request) -> PlainTextResponse:
         # Reads the body, then blocks on receive() until the client goes away, as a streaming
         # endpoint does; a replayed receive that never delivers http.disconnect hangs here.
@@ -224,6 +230,7 @@ def build_starlette(config: Any) -> Any:
 
     routes = [Route(p, echo, methods=["GET", "POST", "PUT"]) for p in RULE_PATHS]
     routes.append(Route("/plain", plain))
+    routes.append(Route("/sleep", sleep))
     routes.append(Route("/wait-disconnect", wait_disconnect, methods=["POST"]))
     for path in ARTICLE_PATHS:
         routes.append(Route(path, ArticleASGI(), methods=["GET", "HEAD"]))

@@ -388,6 +388,9 @@ class LLMClient:
             client = self._client = self._holder.client = httpx.AsyncClient(
                 transport=self._transport,
                 verify=ssl_context(),
+                # Room for every call the in-flight cap lets through: no call ever waits in
+                # the pool, where a pool timeout can strand a freshly assigned connection
+                # for good (seen with httpcore 1.0.9 under contention).
                 limits=httpx.Limits(
                     max_connections=self.max_in_flight * 2,
                     max_keepalive_connections=self.max_in_flight,
