@@ -27,7 +27,6 @@ from typing import Any
 
 from _common import REPO, fault_server_module
 
-
 GOOD = {"category": "shoes", "color": "red", "max_price": 100}
 MIXED_CYCLE = ["fast", "fast", "fast", "hang_before_headers", "status_500", "hang_after_headers"]
 

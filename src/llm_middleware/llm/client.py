@@ -22,9 +22,13 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio  # noqa: F401  (httpx loads these lazily: at start-up here, not on the loop
+# What httpx, httpcore and anyio import lazily, imported here at start-up: on a request's
+# path it would cost tens of ms (and the import lock, which stalls every other thread).
+import anyio._backends._asyncio  # noqa: F401
 import certifi
-import h11  # noqa: F401   during the first requests)
+import h11  # noqa: F401
+import httpcore._async.connection_pool  # noqa: F401  (and httpcore's trio support)
+import httpcore._backends.anyio  # noqa: F401
 import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
@@ -192,6 +196,7 @@ class LLMClient:
         self._tasks: set[asyncio.Task[Any]] = set()  # background-loop tasks, for aclose()
         if self.providers:
             warm_up()
+            BACKGROUND.loop()  # started now, not by the first request that needs it
         _CLIENTS.add(self)
 
     def _after_fork(self) -> None:
@@ -597,14 +602,14 @@ _WARM_PID = 0
 
 
 def warm_up() -> None:
-    """Start preparing (once per process, in a short-lived thread) the TLS context with the
-    CA bundle and httpx's lazily imported modules, so that neither building a middleware nor
-    the first LLM call pays for them on an event loop."""
+    """Start loading the CA bundle into the process's TLS context (once per process, in a
+    short-lived thread): neither building a middleware nor the first LLM call pays for it.
+    Called at import (start-up) and by every ``LLMClient``."""
     global _WARM, _WARM_PID
-    if _WARM is not None and os.getpid() == _WARM_PID:
-        return
+    if _WARM is not None and (os.getpid() == _WARM_PID or _WARM.done()):
+        return  # (a context made before a fork serves the child as well)
     with _WARM_LOCK:
-        if _WARM is not None and os.getpid() == _WARM_PID:
+        if _WARM is not None and (os.getpid() == _WARM_PID or _WARM.done()):
             return
         future: concurrent.futures.Future[ssl.SSLContext] = concurrent.futures.Future()
         _WARM, _WARM_PID = future, os.getpid()
@@ -615,10 +620,6 @@ def warm_up() -> None:
 
 def _prepare(future: concurrent.futures.Future[ssl.SSLContext]) -> None:
     try:
-        import httpcore._async.connection_pool  # noqa: F401  (and what they import lazily)
-        import httpcore._backends.anyio  # noqa: F401
-
-        BACKGROUND.loop()  # the loop thread every call runs on
         context = ssl.create_default_context(cafile=certifi.where())
     except BaseException as exc:  # pragma: no cover - reported to the first caller
         future.set_exception(exc)
@@ -674,3 +675,4 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+warm_up()
