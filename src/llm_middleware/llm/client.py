@@ -91,9 +91,13 @@ class _Retryable(Exception):
 
 
 class CircuitBreaker:
-    """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one trial through."""
+    """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one trial through.
 
-    __slots__ = ("failures", "reset_s", "_count", "_opened_at", "_trial")
+    Consecutive means in time, under concurrency too: a failed call during which the provider
+    answered another call successfully is no evidence that it is down (a provider that hangs
+    on some calls and answers others stays in use), so it does not count."""
+
+    __slots__ = ("failures", "reset_s", "_count", "_opened_at", "_trial", "_last_success")
 
     def __init__(self, failures: int, reset_s: float) -> None:
         self.failures = failures
@@ -101,6 +105,7 @@ class CircuitBreaker:
         self._count = 0
         self._opened_at: float | None = None
         self._trial = False
+        self._last_success = float("-inf")
 
     def allow(self) -> bool:
         if self._opened_at is None:
@@ -117,8 +122,12 @@ class CircuitBreaker:
         self._count = 0
         self._opened_at = None
         self._trial = False
+        self._last_success = time.monotonic()
 
-    def failure(self) -> None:
+    def failure(self, started: float | None = None) -> None:
+        """A failed call (that began at ``started``, if known)."""
+        if not self._trial and started is not None and self._last_success >= started:
+            return  # another call succeeded meanwhile: not consecutive
         self._count += 1
         if self._trial or self._count >= self.failures:
             self._opened_at = time.monotonic()
@@ -331,7 +340,7 @@ class LLMClient:
             threshold = max(_HANG_FLOOR_S, _HANG_FACTOR * self._typical_s[attempt.label])
             if time.monotonic() - attempt.started >= threshold:
                 attempt.judged = True
-                breaker.failure()
+                breaker.failure(attempt.started)
             elif final:
                 attempt.judged = True
                 breaker.release_trial()
@@ -350,7 +359,7 @@ class LLMClient:
                 self._typical_s[attempt.label] = typical
                 breaker.success()
             elif outcome == "failure":
-                breaker.failure()
+                breaker.failure(attempt.started)
             else:
                 breaker.release_trial()
 
