@@ -29,6 +29,7 @@ from llm_middleware.llm import (
     LLMTransportError,
     Shed,
 )
+from llm_middleware.llm.client import CircuitBreaker
 from llm_middleware.llm.prompts import default_prompt
 from schemas import SearchIntent
 
@@ -427,3 +428,18 @@ async def test_api_key_with_control_characters_is_never_sent(
     assert raised.value.reason == "bad_api_key"
     assert fault_server.requests == []
     assert "sk-abc" not in str(raised.value) + capsys.readouterr().out
+
+
+def test_breaker_counts_only_failures_with_no_success_meanwhile() -> None:
+    # Under concurrency, "consecutive" is in time: a call that failed while the provider
+    # answered another one successfully is no evidence the provider is down.
+    breaker = CircuitBreaker(failures=2, reset_s=60)
+    started = time.monotonic()
+    breaker.success()  # another call succeeded after `started`
+    breaker.failure(started)
+    breaker.failure(started)
+    assert breaker.state == "closed"
+    later = time.monotonic()
+    breaker.failure(later)
+    breaker.failure(later)
+    assert breaker.state == "open"
