@@ -332,13 +332,16 @@ class LLMClient:
         provider usually takes (never less than ``_HANG_FLOOR_S``) is a failure. Shorter
         waits say more about the caller's budget than about the provider: not held against
         it; a half-open trial cut that short decides nothing."""
+        now = time.monotonic()
+        if not final and now < shared.end - _JOIN_GRACE_S:
+            return  # the call goes on (stale-while-revalidate): it is judged when it ends
         with self._lock:
             attempt = shared.attempt
             if attempt is None or attempt.judged:
                 return
             breaker = self.breakers[attempt.label]
             threshold = max(_HANG_FLOOR_S, _HANG_FACTOR * self._typical_s[attempt.label])
-            if time.monotonic() - attempt.started >= threshold:
+            if now - attempt.started >= threshold:
                 attempt.judged = True
                 breaker.failure(attempt.started)
             elif final:
