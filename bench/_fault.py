@@ -5,7 +5,12 @@ the latencies the client measures. Driven over stdin, one command per line, one 
 
 * ``default NAME``: clear the captured requests, then answer every request with the behaviour
   ``NAME`` (a no-argument factory of ``fault_server``, e.g. ``hang_before_headers``); ``ok``;
-* ``count``: how many requests were received since the last ``default``.
+* ``count``: how many requests were received since the last ``default``;
+* ``connections``: how many connections the server has accepted so far.
+
+Besides the factories of ``fault_server``, ``NAME`` may be one of ``NAMED``: ``fast`` (a valid
+intent at once), ``status_500``, or ``mixed`` (cycling fast x3 / hang before headers / 500 /
+hang after headers: the soak's misbehaving provider).
 
 It prints its URL first and stops at end of input.
 """
@@ -17,8 +22,21 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 from _common import REPO, fault_server_module
+
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
+MIXED_CYCLE = ["fast", "fast", "fast", "hang_before_headers", "status_500", "hang_after_headers"]
+
+
+def behaviour(fs: ModuleType, name: str) -> Any:
+    if name == "fast":
+        return fs.reply(GOOD)
+    if name == "status_500":
+        return fs.status(500)
+    return getattr(fs, name)()
 
 
 def main() -> None:
@@ -29,8 +47,16 @@ def main() -> None:
             command, *args = line.split()
             if command == "default":
                 server.reset()
-                server.default = getattr(fs, args[0])()
+                if args[0] == "mixed":
+                    # A script long enough for any soak; its end falls back to fast answers.
+                    cycle = [behaviour(fs, name) for name in MIXED_CYCLE]
+                    server.script(*(cycle * 200_000))
+                    server.default = behaviour(fs, "fast")
+                else:
+                    server.default = behaviour(fs, args[0])
                 print("ok", flush=True)
+            elif command == "connections":
+                print(server.connections, flush=True)
             elif command == "count":
                 print(len(server.requests), flush=True)
             else:
@@ -58,6 +84,9 @@ class FaultProcess:
 
     def count(self) -> int:
         return int(self._ask("count"))
+
+    def connections(self) -> int:
+        return int(self._ask("connections"))
 
 
 @contextlib.contextmanager

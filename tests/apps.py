@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 ARTICLE_PATHS = [
@@ -184,6 +185,7 @@ def describe(
 
 
 def build_starlette(config: Any) -> Any:
+    import anyio
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
@@ -208,6 +210,11 @@ def build_starlette(config: Any) -> Any:
     async def plain(request: Request) -> PlainTextResponse:
         return PlainTextResponse("plain")
 
+    async def sleep(request: Request) -> PlainTextResponse:
+        # Timing tests' reference: the same load on a view that just waits (``?ms=``).
+        await anyio.sleep(float(request.query_params.get("ms", "0")) / 1000)
+        return PlainTextResponse("slept")
+
     async def wait_disconnect(request: Request) -> PlainTextResponse:
         # Reads the body, then blocks on receive() until the client goes away, as a streaming
         # endpoint does; a replayed receive that never delivers http.disconnect hangs here.
@@ -224,6 +231,7 @@ def build_starlette(config: Any) -> Any:
 
     routes = [Route(p, echo, methods=["GET", "POST", "PUT"]) for p in RULE_PATHS]
     routes.append(Route("/plain", plain))
+    routes.append(Route("/sleep", sleep))
     routes.append(Route("/wait-disconnect", wait_disconnect, methods=["POST"]))
     for path in ARTICLE_PATHS:
         routes.append(Route(path, ArticleASGI(), methods=["GET", "HEAD"]))
@@ -252,6 +260,10 @@ def build_wsgi(config: Any) -> Any:
         if path == "/plain":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"plain"]
+        if path == "/sleep":  # timing tests' reference: a view that just waits ``?ms=``
+            time.sleep(float(dict(parse_qsl(environ.get("QUERY_STRING", ""))).get("ms", 0)) / 1000)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"slept"]
         length = environ.get("CONTENT_LENGTH")
         stream = environ["wsgi.input"]
         body = stream.read(int(length)) if length else (
@@ -283,6 +295,11 @@ def build_flask(config: Any) -> Any:
     @app.route("/plain")
     def plain() -> str:
         return "plain"
+
+    @app.route("/sleep")
+    def sleep() -> str:
+        time.sleep(float(flask.request.args.get("ms", "0")) / 1000)
+        return "slept"
 
     def echo() -> Any:
         request = flask.request
@@ -379,6 +396,13 @@ def _django_plain(request: Any) -> Any:
     return HttpResponse("plain", content_type="text/plain")
 
 
+def _django_sleep(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    time.sleep(float(request.GET.get("ms", "0")) / 1000)
+    return HttpResponse("slept", content_type="text/plain")
+
+
 def __getattr__(name: str) -> Any:
     # ROOT_URLCONF = "apps": Django asks this module for urlpatterns.
     if name == "urlpatterns":
@@ -388,6 +412,7 @@ def __getattr__(name: str) -> Any:
         patterns = [path(p.lstrip("/"), csrf_exempt(_django_echo)) for p in RULE_PATHS]
         patterns += [path(p.lstrip("/"), _django_article) for p in ARTICLE_PATHS]
         patterns.append(path("plain", _django_plain))
+        patterns.append(path("sleep", _django_sleep))
         return patterns
     raise AttributeError(name)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -67,7 +67,7 @@ def channel(*messages: Message) -> Any:
     async def receive() -> Message:
         if queue:
             return queue.pop(0)
-        await asyncio.sleep(3600)  # a real server blocks until something happens
+        await anyio.sleep(3600)  # a real server blocks until something happens
         raise AssertionError("unreachable")
 
     return receive
@@ -219,7 +219,7 @@ async def test_shadow_mode_runs_but_never_applies(fault_server: FaultServer) -> 
         for _ in range(100):
             if logs:
                 break
-            await asyncio.sleep(0.01)
+            await anyio.sleep(0.01)
     await app.engine.aclose()
     assert len(fault_server.requests) == 1
     assert logs[0]["mode"] == "shadow" and logs[0]["outcomes"] == {"intent": "ok"}

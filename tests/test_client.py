@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from fault_server import (
     FaultServer,
+    drip,
     hang_before_headers,
     rate_limited,
     refused_url,
@@ -22,10 +24,12 @@ from llm_middleware.llm import (
     CallStats,
     CircuitOpen,
     LLMClient,
+    LLMConfigError,
     LLMTimeout,
     LLMTransportError,
     Shed,
 )
+from llm_middleware.llm.client import CircuitBreaker
 from llm_middleware.llm.prompts import default_prompt
 from schemas import SearchIntent
 
@@ -45,8 +49,25 @@ async def wait_idle(client: LLMClient) -> None:
     for _ in range(50):
         if client.in_flight == 0:
             return
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
     raise AssertionError(f"{client.in_flight} LLM calls still in flight")
+
+
+async def gather(*calls: tuple[float, Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``(delay, call)`` pairs concurrently (any backend); each call's value or exception."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(i: int, delay: float, make: Callable[[], Awaitable[Any]]) -> None:
+        await anyio.sleep(delay)
+        try:
+            results[i] = await make()
+        except Exception as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, (delay, make) in enumerate(calls):
+            tg.start_soon(run, i, delay, make)
+    return results
 
 
 async def call(client: LLMClient, text: str = "red shoes", budget: float = 0.5) -> Any:
@@ -131,7 +152,7 @@ async def test_breaker_half_opens_after_reset(fault_server: FaultServer) -> None
             await call(client, text="a")
         with pytest.raises(CircuitOpen):
             await call(client, text="b")
-        await asyncio.sleep(0.06)
+        await anyio.sleep(0.06)
         obj, _ = await call(client, text="c")
     finally:
         await client.aclose()
@@ -142,7 +163,7 @@ async def test_concurrent_identical_calls_share_one_request(fault_server: FaultS
     fault_server.default = reply(GOOD, delay=0.1)
     client = LLMClient(config(fault_server.url))
     try:
-        results = await asyncio.gather(*(call(client) for _ in range(20)))
+        results = await gather(*((0.0, lambda: call(client)) for _ in range(20)))
         again, cached = await call(client)
     finally:
         await client.aclose()
@@ -174,15 +195,19 @@ async def test_in_flight_cap_sheds_at_once(fault_server: FaultServer) -> None:
     fault_server.default = hang_before_headers()
     client = LLMClient(config(fault_server.url, max_in_flight=2))
     try:
-        hanging = [asyncio.create_task(call(client, text=f"q{i}", budget=0.3)) for i in range(2)]
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(Shed):
-            await call(client, text="one too many")
-        shed_s = time.monotonic() - started
-        for task in hanging:
-            with pytest.raises(LLMTimeout):
-                await task
+
+        async def one_too_many() -> float:
+            started = time.monotonic()
+            with pytest.raises(Shed):
+                await call(client, text="one too many")
+            return time.monotonic() - started
+
+        *hanging, shed_s = await gather(
+            (0.0, lambda: call(client, text="q0", budget=0.3)),
+            (0.0, lambda: call(client, text="q1", budget=0.3)),
+            (0.05, one_too_many),
+        )
+        assert all(isinstance(r, LLMTimeout) for r in hanging)
     finally:
         await client.aclose()
     assert shed_s < 0.05
@@ -277,19 +302,144 @@ async def test_breaker_opens_for_a_provider_that_hangs(fault_server: FaultServer
         await client.aclose()
 
 
-async def test_a_patient_caller_extends_the_shared_call(fault_server: FaultServer) -> None:
-    # A 50 ms caller starts the call; a 1 s caller joins it; the answer at 300 ms serves the
-    # second one instead of both timing out at the first one's deadline.
+async def test_a_patient_caller_is_not_cut_short_by_a_hasty_one(fault_server: FaultServer) -> None:
+    # A 50 ms caller starts the call; a 1 s caller joins it. The shared call keeps the
+    # deadline it started with (joiners never extend it: a stream of joiners could keep it
+    # alive for ever); when it runs out, the patient caller starts a fresh call of its own.
     fault_server.default = reply(GOOD, delay=0.3)
     client = LLMClient(config(fault_server.url))
     try:
-        hasty = asyncio.create_task(call(client, budget=0.05))
-        await asyncio.sleep(0.01)
-        patient = asyncio.create_task(call(client, budget=1.0))
-        with pytest.raises(LLMTimeout):
-            await hasty
-        obj, _ = await patient
+        hasty, patient = await gather(
+            (0.0, lambda: call(client, budget=0.05)), (0.01, lambda: call(client, budget=1.0))
+        )
+        assert isinstance(hasty, LLMTimeout)
+        obj, _ = patient
     finally:
         await client.aclose()
     assert obj == SearchIntent(**GOOD)
-    assert len(fault_server.requests) == 1
+    assert len(fault_server.requests) == 2
+
+
+async def late_sleep(seconds: float) -> float:
+    """The reference: how late a plain sleep of ``seconds`` ends under the same load."""
+    started = time.monotonic()
+    await anyio.sleep(seconds)
+    return time.monotonic() - started - seconds
+
+
+async def timed(make: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    started = time.monotonic()
+    try:
+        value: Any = await make()
+    except Exception as exc:
+        value = exc
+    return time.monotonic() - started, value
+
+
+async def test_single_flight_is_not_starved_by_a_dripping_call(fault_server: FaultServer) -> None:
+    # The first call for a text drips for ever; identical requests keep arriving. They must
+    # not all join (and keep alive) that one call: once it runs out, a caller with time left
+    # starts afresh and is answered; distinct texts meanwhile keep their budget too.
+    fault_server.script(drip(GOOD, interval=0.05))
+    fault_server.default = reply(GOOD, delay=0.02)
+    client = LLMClient(config(fault_server.url, breaker_failures=10_000))
+    budget = 0.2
+    try:
+        calls: list[tuple[float, Callable[[], Awaitable[Any]]]] = []
+        for i in range(16):
+            calls.append((i * 0.04, lambda: timed(lambda: call(client, "same", budget))))
+            calls.append(
+                (i * 0.04 + 0.01, lambda i=i: timed(lambda: call(client, f"d{i}", budget)))
+            )
+        calls.append((0.0, lambda: late_sleep(budget)))
+        *results, lateness = await gather(*calls)
+    finally:
+        await client.aclose()
+    same, distinct = results[0::2], results[1::2]
+    # Every request keeps its budget (plus what a plain sleep of the budget overran by).
+    slack = max(lateness, 0.0) + 0.02
+    assert all(took <= budget + slack for took, _ in results), [t for t, _ in results]
+    assert all(isinstance(v, tuple) for _, v in distinct), distinct
+    # The first identical request (and those that joined it too late to restart) time out;
+    # every identical request that arrived after the first budget is answered.
+    arrivals = [i * 0.04 for i in range(16)]
+    late_same = [v for (_, v), at in zip(same, arrivals, strict=True) if at >= budget]
+    assert late_same and all(isinstance(v, tuple) for v in late_same)
+    assert isinstance(same[0][1], LLMTimeout)
+
+
+async def test_error_answers_reuse_their_connection(fault_server: FaultServer) -> None:
+    # An error answer's (bounded) body is read, so its connection goes back to the pool.
+    fault_server.default = status(500)
+    client = LLMClient(config(fault_server.url, breaker_failures=10_000))
+    try:
+        for i in range(40):
+            with pytest.raises(LLMTransportError):
+                await call(client, text=f"q{i}")
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) >= 40  # (each call retried once: max_retries default)
+    assert fault_server.connections <= 5
+
+
+async def test_breaker_opens_on_a_hanging_provider_within_failures_budgets(
+    fault_server: FaultServer,
+) -> None:
+    # A 200 ms budget is not "tiny": no answer in it counts. After `breaker_failures` calls
+    # that waited their whole budget, the next ones fail at once.
+    fault_server.default = hang_before_headers()
+    client = LLMClient(config(fault_server.url, breaker_failures=3, breaker_reset_s=60))
+    took = []
+    try:
+        for i in range(6):
+            started = time.monotonic()
+            with pytest.raises((LLMTimeout, CircuitOpen)):
+                await call(client, text=f"q{i}", budget=0.2)
+            took.append(time.monotonic() - started)
+    finally:
+        await client.aclose()
+    assert all(t >= 0.15 for t in took[:3])
+    assert all(t < 0.05 for t in took[3:]), took
+
+
+async def test_api_key_with_control_characters_is_never_sent(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-abc\r\nX-Injected: 1")
+    fault_server.default = reply(GOOD)
+    cfg = load_config(
+        {
+            "providers": [
+                {
+                    "kind": "openai",
+                    "base_url": fault_server.url,
+                    "model": "m",
+                    "api_key_env": "TEST_LLM_KEY",
+                }
+            ]
+        }  # fmt: skip
+    )
+    client = LLMClient(cfg)
+    try:
+        with pytest.raises(LLMConfigError, match="TEST_LLM_KEY") as raised:
+            await call(client)
+    finally:
+        await client.aclose()
+    assert raised.value.reason == "bad_api_key"
+    assert fault_server.requests == []
+    assert "sk-abc" not in str(raised.value) + capsys.readouterr().out
+
+
+def test_breaker_counts_only_failures_with_no_success_meanwhile() -> None:
+    # Under concurrency, "consecutive" is in time: a call that failed while the provider
+    # answered another one successfully is no evidence the provider is down.
+    breaker = CircuitBreaker(failures=2, reset_s=60)
+    started = time.monotonic()
+    breaker.success()  # another call succeeded after `started`
+    breaker.failure(started)
+    breaker.failure(started)
+    assert breaker.state == "closed"
+    later = time.monotonic()
+    breaker.failure(later)
+    breaker.failure(later)
+    assert breaker.state == "open"

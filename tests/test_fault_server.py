@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -333,9 +333,14 @@ async def test_async_concurrent_delayed_replies(fault_server: FaultServer) -> No
     fault_server.default = reply({"ok": True}, delay=0.2)
     async with httpx.AsyncClient(base_url=fault_server.url, timeout=_timeout()) as c:
         started = time.monotonic()
-        responses = await asyncio.gather(
-            *(c.post("/chat/completions", json=CHAT) for _ in range(5))
-        )
+        responses: list[httpx.Response] = []
+
+        async def post() -> None:
+            responses.append(await c.post("/chat/completions", json=CHAT))
+
+        async with anyio.create_task_group() as tg:  # any backend: asyncio or trio
+            for _ in range(5):
+                tg.start_soon(post)
         elapsed = time.monotonic() - started
     assert [r.status_code for r in responses] == [200] * 5
     assert 0.2 <= elapsed < 0.8  # served concurrently, not one after another
@@ -352,8 +357,8 @@ async def test_async_hang_after_headers_and_outer_deadline(fault_server: FaultSe
                 await response.aread()
         # a deadline outside httpx (what the middleware relies on) cuts a hang short too
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(c.post("/chat/completions", json=CHAT), timeout=0.1)
+        with pytest.raises(TimeoutError), anyio.fail_after(0.1):
+            await c.post("/chat/completions", json=CHAT)
         assert time.monotonic() - started < 0.5
 
 

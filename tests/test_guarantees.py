@@ -3,8 +3,10 @@ werkzeug's threaded server (WSGI, Flask, Django sync) on loopback, against the f
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +28,7 @@ from fault_server import (
     reply,
     status,
 )
-from servers import GUARANTEE_BUDGET_MS, OWN_SLACK_MS, Serve
+from servers import GUARANTEE_BUDGET_MS, SchedulerDelay, Serve, own_slack_ms
 
 BUDGET_MS = GUARANTEE_BUDGET_MS
 # The middleware's own measure of what it added must stay within budget + 5 ms (ASGI) or
@@ -93,7 +95,7 @@ def test_provider_fault_passes_request_through_within_budget(
 ) -> None:
     fault_server.script(*behaviours)
     body = json.dumps({"q": "red shoes", "keep": "exact bytes ✓"}).encode()
-    with serve() as base:
+    with serve() as base, SchedulerDelay() as delay:
         _, bare_ms = post_json(base, body, "/echo")  # same app, unmatched path: the baseline
         response, wall_ms = post_json(base, body)
     data = response.json()
@@ -102,19 +104,19 @@ def test_provider_fault_passes_request_through_within_budget(
     assert data["content_length"] == str(len(body))
     assert data["outcomes"] == {"intent": outcome}
     assert data["intent"] is None
-    assert data["added_ms"] <= BUDGET_MS + OWN_SLACK_MS[adapter]
+    assert data["added_ms"] <= BUDGET_MS + own_slack_ms(adapter, delay)
     assert wall_ms - bare_ms <= BUDGET_MS + WALL_SLACK_MS
 
 
 def test_refused_connection_passes_through(serve: Serve, adapter: str) -> None:
     body = b'{"q": "red shoes"}'
-    with serve(provider_url=refused_url()) as base:
+    with serve(provider_url=refused_url()) as base, SchedulerDelay() as delay:
         response, _ = post_json(base, body)
     data = response.json()
     assert data["outcomes"] == {"intent": "error"}
     assert data["reasons"]["intent"].startswith("transport_")
     assert data["body_sha256"] == hashlib.sha256(body).hexdigest()
-    assert data["added_ms"] <= BUDGET_MS + OWN_SLACK_MS[adapter]
+    assert data["added_ms"] <= BUDGET_MS + own_slack_ms(adapter, delay)
 
 
 def test_retry_after_is_honoured_when_it_fits(serve: Serve, fault_server: FaultServer) -> None:
@@ -243,3 +245,85 @@ def test_llm_json_schema_dialects(serve: Serve, fault_server: FaultServer) -> No
     fmt = fault_server.requests[0].json["response_format"]
     assert fmt["type"] == "json_object"
     assert fmt["schema"]["title"] == "SearchIntent"
+
+
+# -- any async backend; nothing left to the GC -------------------------------------------------
+
+# Starlette's TestClient warns that it wants `httpx2`; the plain httpx it runs on is fine here.
+TESTCLIENT = pytest.mark.filterwarnings(
+    "ignore:Using `httpx` with `starlette.testclient`:UserWarning"
+)
+
+PII_BODIES = [
+    {"message": "red shoes for jane.doe@example.com"},
+    {"message": "blue hats for jane.doe@example.com", "pad": "and more " * 5000},  # off-loop
+]
+
+
+def _pii_run(fault_server: FaultServer, backend: str) -> list[dict[str, Any]]:
+    from starlette.testclient import TestClient
+
+    from apps import build_starlette, make_config
+
+    app = build_starlette(make_config(fault_server.url, budget_ms=BUDGET_MS, cache_size=0))
+    with TestClient(app, backend=backend) as client:
+        return [client.post("/pii-echo", json=body).json() for body in PII_BODIES]
+
+
+@TESTCLIENT
+@pytest.mark.parametrize("provider", ["answers", "hangs"])
+def test_trio_runs_intent_and_masking_as_asyncio_does(
+    fault_server: FaultServer, provider: str
+) -> None:
+    # Starlette's TestClient on trio (hypercorn's trio worker alike): the same outcomes as on
+    # asyncio, and masking never fails open (the raw address never reaches the app).
+    fault_server.default = reply(GOOD) if provider == "answers" else hang_before_headers()
+    with SchedulerDelay() as delay:
+        runs = {backend: _pii_run(fault_server, backend) for backend in ("asyncio", "trio")}
+    expected = "ok" if provider == "answers" else "timeout"
+    for backend, results in runs.items():
+        for data in results:
+            assert data["outcomes"] == {"pii_masking": "ok", "intent": expected}, (backend, data)
+            assert "jane.doe@example.com" not in data["body"], backend
+            assert data["added_ms"] <= BUDGET_MS + own_slack_ms("asgi", delay), backend
+    assert [d["body_sha256"] for d in runs["trio"]] == [d["body_sha256"] for d in runs["asyncio"]]
+    assert all(b"jane.doe" not in r.body for r in fault_server.requests)
+
+
+@TESTCLIENT
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_host_loop_that_ends_mid_call_leaves_no_socket(
+    fault_server: FaultServer, backend: str
+) -> None:
+    # A TestClient used without `with`: each request runs on a loop that ends with it, while
+    # the provider still hangs. Calls run on the background loop, so no socket of ours is
+    # left on a dead loop for the GC (filterwarnings=error turns a ResourceWarning into a
+    # failure).
+    from starlette.testclient import TestClient
+
+    from apps import build_starlette, make_config
+
+    fault_server.default = hang_after_headers()
+    app = build_starlette(make_config(fault_server.url, budget_ms=50, breaker_failures=10_000))
+    client = TestClient(app, backend=backend)
+    outcomes = [client.get("/search", params={"q": f"q{i}"}).json()["outcomes"] for i in range(6)]
+    del client, app
+    gc.collect()
+    assert outcomes == [{"intent": "timeout"}] * 6
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_a_hanging_provider_costs_at_most_breaker_failures_budgets(
+    serve: Serve, fault_server: FaultServer, adapter: str
+) -> None:
+    fault_server.default = hang_before_headers()
+    with serve(breaker_failures=3, breaker_reset_s=60) as base:
+        reference, _ = post_json(base, b'{"q": "x"}', "/echo")  # unmatched: the floor
+        results = [
+            httpx.get(base + "/search", params={"q": f"q{i}"}, timeout=10).json() for i in range(8)
+        ]
+    outcomes = [r["outcomes"]["intent"] for r in results]
+    assert outcomes == ["timeout"] * 3 + ["circuit_open"] * 5, outcomes
+    # The open breaker answers at once: a small share of the budget, not a wait on it (the
+    # median: one request stalled by a busy machine is not the breaker's doing).
+    assert statistics.median(r["added_ms"] for r in results[3:]) < BUDGET_MS / 10, results

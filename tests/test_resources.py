@@ -8,16 +8,20 @@ import concurrent.futures
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
-from apps import build_wsgi, make_config
-from fault_server import FaultServer, hang_after_headers
+from apps import build_starlette, build_wsgi, make_config
+from fault_server import FaultServer, hang_after_headers, hang_before_headers, reply
 from llm_middleware.bridge import BACKGROUND
 from llm_middleware.wsgi import LLMWSGIMiddleware
-from servers import Serve, serve_wsgi_thread
+from servers import Serve, serve_asgi_thread, serve_wsgi_thread
+
+GOOD = {"category": "shoes", "color": "red", "max_price": 100}
 
 
 def _background_tasks() -> int:
@@ -131,3 +135,42 @@ def test_wsgi_bug_in_our_code_restores_the_body(
                "wsgi.input": io.BytesIO(body)}  # fmt: skip
     app(environ, lambda *a: None)
     assert seen == [body]
+
+
+# -- the pool leak of httpcore #1093 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_deadlines_under_pool_contention_leave_the_llm_path_alive(
+    fault_server: FaultServer, adapter: str
+) -> None:
+    # Many deadlines expire while calls hang before or after the headers and others wait on
+    # the in-flight cap and the pool. Cancelling a request inside httpcore leaks its pool slot
+    # for good (httpcore #1093, #830): after enough of them no call gets a connection. Calls
+    # must instead end by httpx's own timeouts, so that afterwards the LLM path answers.
+    fault_server.script(*[hang_before_headers(), hang_after_headers(), reply(GOOD)] * 100)
+    fault_server.default = reply(GOOD)
+    config = make_config(fault_server.url, budget_ms=1000, max_in_flight=6, breaker_failures=10_000)
+    assert config["rules"][0]["path"] == "/search"
+    config["rules"][0]["budget_ms"] = 60  # the load; the probes get a second (/header-echo)
+    app = build_starlette(config) if adapter == "asgi" else build_wsgi(config)
+    server = serve_asgi_thread if adapter == "asgi" else serve_wsgi_thread
+    with server(app) as base, httpx.Client(base_url=base, timeout=10) as client:
+
+        def one(text: str) -> str:
+            return str(client.get("/search", params={"q": text}).json()["outcomes"]["intent"])
+
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            load = list(pool.map(one, (f"load {i}" for i in range(300))))
+        assert "timeout" in load
+        # The provider now answers at once; the abandoned calls end by their own bounds.
+        fault_server.reset()
+        fault_server.default = reply(GOOD)
+        time.sleep(0.3)
+        probes = [
+            client.get("/header-echo", headers={"x-query": f"probe {i}"}).json()["outcomes"]
+            for i in range(8)
+        ]
+    if adapter == "wsgi":
+        app.engine.close()
+    assert probes == [{"intent": "ok"}] * 8, (probes, Counter(load))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -40,6 +41,15 @@ class BackgroundLoop:
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
 
+    def current(self) -> asyncio.AbstractEventLoop | None:
+        """The loop if it was started in this process, else ``None`` (never starts it)."""
+        return self._loop if self._pid == os.getpid() else None
+
+    def on_thread(self) -> bool:
+        """Is the caller running on the loop's own thread?"""
+        thread = self._thread
+        return thread is not None and thread.ident == threading.get_ident()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop; after ``timeout`` seconds cancel it and raise TimeoutError."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop())
@@ -50,7 +60,10 @@ class BackgroundLoop:
             raise TimeoutError from None
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop())
+        """Run ``coro`` as a task on the loop, in a fresh context: nothing of the caller's
+        context variables (a trio run's async-library marker, which httpcore reads to pick
+        its locks; request-bound values) reaches work that outlives the request."""
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop())
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()

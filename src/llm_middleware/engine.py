@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import anyio
+
+from .bridge import BACKGROUND
 from .config import (
     Config,
     ConfigError,
@@ -113,7 +117,9 @@ class Engine:
             methods = frozenset(rule.methods) if rule.methods is not None else None
             rules.append((rule.path, methods, CompiledRule(index, rule, interceptors, self.config)))
         self.router: Router[CompiledRule] = Router(rules)
-        self._background: set[asyncio.Task[Any]] = set()
+        # Shadow runs, on the background loop (never a task on the host's loop, which may be
+        # trio or end before they do).
+        self._background: set[concurrent.futures.Future[Any]] = set()
 
     def match(self, method: str, path: str) -> CompiledRule | None:
         return self.router.match(method, path)
@@ -145,20 +151,17 @@ class Engine:
 
     def _start_background(
         self, coro: Coroutine[Any, Any, LLMResult | None]
-    ) -> asyncio.Task[LLMResult | None] | None:
-        """The one place shadow work is started (bounded: ``None`` when too much is running).
-        CORE routes this to the per-process background loop."""
+    ) -> concurrent.futures.Future[LLMResult | None] | None:
+        """The one place shadow work is started: on the per-process background loop (never a
+        task on the host's loop, which may be trio or end first); bounded (``None`` when too
+        much is running)."""
         if len(self._background) >= MAX_BACKGROUND_TASKS:
-            coro.close()
-            return None
-        try:
-            task = asyncio.get_running_loop().create_task(coro)
-        except RuntimeError:
             coro.close()  # never awaited: no warning, no leak
-            raise
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+            return None
+        future = BACKGROUND.submit(coro)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+        return future
 
     async def _shadow_request(self, rule: CompiledRule, exchange: RequestExchange) -> LLMResult:
         """A shadowed request, run as if enforced on a copy; logged at once, compared when an
@@ -316,12 +319,12 @@ class Engine:
     async def _shadow_response(
         self,
         rule: CompiledRule,
-        request_side: asyncio.Task[LLMResult | None],
+        request_side: concurrent.futures.Future[LLMResult | None],
         response: ResponseExchange,
     ) -> None:
         """The response side of a shadowed request, on a copy of the response: run, logged,
         never applied."""
-        req = await asyncio.shield(request_side)
+        req = await asyncio.wrap_future(request_side)  # both run on the background loop
         ctx: RequestContext | None = req.context if req is not None else None
         if req is None or ctx is None:
             return
@@ -397,8 +400,8 @@ class Engine:
         try:
             if inline():  # no loop: nothing here may wait (an I/O step raises NeedsLoop)
                 outcome = await call()
-            else:
-                async with asyncio.timeout(remaining):
+            else:  # anyio: the host's loop may be asyncio or trio
+                with anyio.fail_after(remaining):
                     outcome = await call()
         except TimeoutError:
             result.record(icpt.name, "timeout", "deadline")
@@ -421,8 +424,8 @@ class Engine:
         self.llm.close()
 
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
+        for future in list(self._background):
+            future.cancel()
         await self.llm.aclose()
 
 
@@ -431,7 +434,7 @@ class _ShadowState:
 
     __slots__ = ("task",)
 
-    def __init__(self, task: asyncio.Task[LLMResult | None]) -> None:
+    def __init__(self, task: concurrent.futures.Future[LLMResult | None]) -> None:
         self.task = task
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from .client import CallStats, LLMClient
-from .errors import CircuitOpen, LLMError, LLMInvalidOutput, LLMTimeout, LLMTransportError, Shed
+from .errors import (
+    CircuitOpen,
+    LLMConfigError,
+    LLMError,
+    LLMInvalidOutput,
+    LLMTimeout,
+    LLMTransportError,
+    Shed,
+)
 
 __all__ = [
     "CallStats",
     "CircuitOpen",
+    "LLMConfigError",
     "LLMClient",
     "LLMError",
     "LLMInvalidOutput",

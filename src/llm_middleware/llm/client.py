@@ -1,37 +1,45 @@
 """The LLM client: cache, single-flight, in-flight cap, retries, fallback chain, circuit breaker.
 
 Every wait is bounded by the request's ``Deadline``; a provider timeout is only a per-attempt
-cap, never the guard.
+cap, never the guard. Upstream calls run on the per-process background loop and are never
+cancelled inside httpx (see ``LLMClient``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import email.utils
-import functools
 import os
 import random
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio  # noqa: F401  (httpx loads these lazily: at start-up here, not on the loop
+# What httpx, httpcore and anyio import lazily, imported here at start-up: on a request's
+# path it would cost tens of ms (and the import lock, which stalls every other thread).
+import anyio._backends._asyncio  # noqa: F401
 import certifi
-import h11  # noqa: F401   during the first requests)
+import h11  # noqa: F401
+import httpcore._async.connection_pool  # noqa: F401  (and httpcore's trio support)
+import httpcore._backends.anyio  # noqa: F401
 import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
 
+from ..bridge import BACKGROUND, wait_future
 from ..config import Anthropic, Config, OpenAICompatible, Prompt
 from ..deadline import Deadline
 from ..inline import need_loop
 from .errors import (
     CircuitOpen,
+    LLMConfigError,
     LLMError,
     LLMInvalidOutput,
     LLMTimeout,
@@ -39,38 +47,27 @@ from .errors import (
     Shed,
 )
 from .prompts import render, schema_json
-from .providers import WireAnswer, build_request, parse_answer
+from .providers import WireAnswer, WireRequest, build_request, parse_answer
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class _Shared:
-    """One upstream call shared by every concurrent caller with the same input. Its deadline
-    is its own and grows to the latest caller's, so a tight-budget caller that started it
-    never cuts a patient one short."""
-
-    __slots__ = ("task", "deadline", "timeout")
-
-    def __init__(self, deadline: Deadline) -> None:
-        self.task: asyncio.Task[BaseModel | LLMError] | None = None
-        self.deadline = deadline
-        self.timeout: asyncio.Timeout | None = None
-
-    def extend_to(self, end: float) -> None:
-        if end <= self.deadline.end:
-            return
-        self.deadline.end = end
-        if self.timeout is not None and not self.timeout.expired():
-            loop = asyncio.get_running_loop()
-            self.timeout.reschedule(loop.time() + self.deadline.remaining() + _TEARDOWN_GRACE_S)
 
 
 ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
-_TEARDOWN_GRACE_S = 0.02
-_BREAKER_MIN_BUDGET_S = 0.9
+# An attempt's httpx timeouts end this long after the shared call's deadline: its callers
+# stop waiting first, and the attempt's end (a normal close) happens off their clock.
+_GRACE_S = 0.02
+_JOIN_GRACE_S = 0.002  # a joiner waits this long past the shared deadline for its answer
+_USEFUL_RESTART_S = 0.02  # a joiner restarts a timed-out shared call with at least this left
+_MAX_ROUNDS = 4
+# Breaker: no answer for max(_HANG_FLOOR_S, _HANG_FACTOR x the provider's typical time) is a
+# failure (a hang); a shorter wait is the caller's budget, not the provider's fault.
+_HANG_FLOOR_S = 0.1
+_HANG_FACTOR = 3.0
+_ERROR_BODY_CAP = 64 * 1024
+_CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -94,9 +91,13 @@ class _Retryable(Exception):
 
 
 class CircuitBreaker:
-    """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one trial through."""
+    """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one trial through.
 
-    __slots__ = ("failures", "reset_s", "_count", "_opened_at", "_trial")
+    Consecutive means in time, under concurrency too: a failed call during which the provider
+    answered another call successfully is no evidence that it is down (a provider that hangs
+    on some calls and answers others stays in use), so it does not count."""
+
+    __slots__ = ("failures", "reset_s", "_count", "_opened_at", "_trial", "_last_success")
 
     def __init__(self, failures: int, reset_s: float) -> None:
         self.failures = failures
@@ -104,6 +105,7 @@ class CircuitBreaker:
         self._count = 0
         self._opened_at: float | None = None
         self._trial = False
+        self._last_success = float("-inf")
 
     def allow(self) -> bool:
         if self._opened_at is None:
@@ -120,8 +122,12 @@ class CircuitBreaker:
         self._count = 0
         self._opened_at = None
         self._trial = False
+        self._last_success = time.monotonic()
 
-    def failure(self) -> None:
+    def failure(self, started: float | None = None) -> None:
+        """A failed call (that began at ``started``, if known)."""
+        if not self._trial and started is not None and self._last_success >= started:
+            return  # another call succeeded meanwhile: not consecutive
         self._count += 1
         if self._trial or self._count >= self.failures:
             self._opened_at = time.monotonic()
@@ -132,7 +138,43 @@ class CircuitBreaker:
         return "closed" if self._opened_at is None else "open"
 
 
+class _Attempt:
+    """The provider attempt a shared call is waiting on, for the breaker's judgement."""
+
+    __slots__ = ("label", "started", "judged")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.judged = False
+
+
+class _Shared:
+    """One upstream call shared by every concurrent caller with the same input.
+
+    Its deadline ``end`` is fixed when it starts and never moves: a caller that joins waits
+    at most until then (and its own deadline), and starts a fresh call if this one ends by
+    timeout while it still has a useful amount of time."""
+
+    __slots__ = ("future", "end", "attempt")
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.future: concurrent.futures.Future[BaseModel | LLMError] = concurrent.futures.Future()
+        self.attempt: _Attempt | None = None
+
+
 class LLMClient:
+    """Every upstream call runs as a task on the one per-process background loop
+    (``bridge.BACKGROUND``), whatever loop or thread asked for it: one httpx client and
+    connection pool per client per process, nothing tied to a host's event loop, any async
+    backend (asyncio, trio) on the caller's side.
+
+    Callers stop *waiting* at their deadline; nothing is ever cancelled inside httpx (which
+    can leak a pool slot for good, httpcore #1093): each attempt is bounded by httpx's own
+    timeouts, set from what is left of the shared call's deadline, and by a deadline check
+    between body chunks."""
+
     def __init__(
         self, config: Config, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
@@ -146,42 +188,34 @@ class LLMClient:
             if config.cache_size and config.cache_ttl_s
             else None
         )
-        # Loading the CA bundle takes milliseconds: once, at start-up, not on the event loop
-        # in the middle of the first requests.
-        self._ssl = ssl.create_default_context(cafile=certifi.where())
         self._lock = threading.Lock()
         self._in_flight = 0
         self.breakers = {
             p.label: CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
             for p in self.providers
         }
-        # httpx clients and single-flight tables are bound to one event loop each. Plain dicts
-        # (a client's sockets refer to its loop, so weak keys would never die), pruned of
-        # closed loops whenever a new loop shows up.
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-        self._pending: dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Shared]] = {}
+        # Typical time of a successful attempt per provider (EWMA): the breaker's yardstick.
+        self._typical_s = {p.label: 0.0 for p in self.providers}
+        self._pending: dict[tuple[Any, ...], _Shared] = {}
+        self._client: httpx.AsyncClient | None = None  # created on the background loop
+        # An instance dropped without close() still closes its pooled connections (on the
+        # loop) rather than leave them to the GC's ResourceWarning.
+        self._holder = _Holder()
+        weakref.finalize(self, self._holder.close_soon)
+        self._tasks: set[asyncio.Task[Any]] = set()  # background-loop tasks, for aclose()
+        if self.providers:
+            warm_up()
+            BACKGROUND.loop()  # started now, not by the first request that needs it
         _CLIENTS.add(self)
 
     def _after_fork(self) -> None:
         # Only the forking thread survives: calls in flight, the lock's holder and the
-        # parent's loops are gone in the child.
+        # parent's loop are gone in the child.
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._clients = {}
+        self._client = None
         self._pending = {}
-
-    def _pending_for(self, loop: asyncio.AbstractEventLoop) -> dict[tuple[Any, ...], _Shared]:
-        pending = self._pending.get(loop)
-        if pending is None:
-            self._prune_closed_loops()
-            pending = self._pending[loop] = {}
-        return pending
-
-    def _prune_closed_loops(self) -> None:
-        for loop in [loop for loop in self._pending if loop.is_closed()]:
-            del self._pending[loop]
-        for loop in [loop for loop in self._clients if loop.is_closed()]:
-            del self._clients[loop]  # its sockets died with the loop
+        self._tasks = set()
 
     @property
     def in_flight(self) -> int:
@@ -201,8 +235,9 @@ class LLMClient:
     ) -> tuple[M, bool]:
         """Return ``(object, from_cache)``; raise an ``LLMError`` subclass otherwise.
 
-        With ``keep_going_s``, a call the caller stops waiting for at its deadline goes on for
-        up to that long in the background and caches its result (stale-while-revalidate)."""
+        Runs under any async backend. With ``keep_going_s``, a call the caller stops waiting
+        for at its deadline goes on for up to that long and caches its result
+        (stale-while-revalidate)."""
         key = (self._chain_id, prompt.name, prompt.version, _qualname(schema), text)
         stats.prompt_versions.append(f"{prompt.name}@{prompt.version}")
         if self._cache is not None:
@@ -213,110 +248,183 @@ class LLMClient:
                 return hit.model_copy(deep=True), True  # type: ignore[return-value]
 
         need_loop()  # not cached: an inline run stops here and goes to the loop
-        loop = asyncio.get_running_loop()
-        pending = self._pending_for(loop)
-        shared = pending.get(key)
-        if shared is not None and shared.task is not None:
-            shared.extend_to(deadline.end)
-            task = shared.task
-        else:
+        for _ in range(_MAX_ROUNDS):
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise LLMTimeout("no time left", reason="budget_exhausted")
+            shared = self._join_or_start(key, schema, prompt, text, deadline, stats, keep_going_s)
+            # Wait for the shared call, never past its own fixed deadline (plus the moment its
+            # answer takes to arrive) nor past ours.
+            wait = min(remaining, shared.end - time.monotonic() + _JOIN_GRACE_S)
+            result: BaseModel | LLMError | None = None
+            with contextlib.suppress(TimeoutError):
+                result = await wait_future(shared.future, wait)
+            if isinstance(result, BaseModel):
+                return result.model_copy(deep=True), False  # type: ignore[return-value]
+            if result is None:
+                self._judge_hang(shared, final=False)
+            elif not isinstance(result, LLMTimeout):  # shared: each caller raises its own
+                raise type(result)(str(result), reason=result.reason)
+            # The shared call ran out of time. A caller with time to spare starts afresh
+            # rather than time out because of somebody else's deadline.
+            if deadline.remaining() < _USEFUL_RESTART_S:
+                break
             with self._lock:
-                if self._in_flight >= self.max_in_flight:
-                    raise Shed(f"{self._in_flight} LLM calls in flight", reason="in_flight_cap")
-                self._in_flight += 1
-            shared = _Shared(Deadline(deadline.remaining() + keep_going_s, reserve_s=0.0))
-            task = shared.task = loop.create_task(
-                self._call_chain(schema, prompt, text, shared, stats)
-            )
-            pending[key] = shared
-            task.add_done_callback(functools.partial(self._done, key=key, pending=pending))
-        # Shielded: a caller that gives up (its own deadline, a disconnect) does not cancel the
-        # shared call, which ends by its own deadline anyway.
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise LLMTimeout("no time left", reason="budget_exhausted")
-        result: BaseModel | LLMError | None = None
-        try:
-            async with asyncio.timeout(remaining):
-                result = await asyncio.shield(task)
-        except TimeoutError:
-            pass  # raised below, outside the handler: no traceback kept alive through context
-        if result is None:
-            raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
-        if isinstance(result, LLMError):  # shared by every caller: each raises its own
-            raise type(result)(str(result), reason=result.reason)
-        return result.model_copy(deep=True), False  # type: ignore[return-value]
+                if self._pending.get(key) is shared:
+                    del self._pending[key]  # it goes on (bounded) but no one else joins it
+        raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
 
     async def aclose(self) -> None:
-        """Cancel this loop's calls still going on in the background and close its httpx
-        client (others are closed by their own loops): shutdown never waits on a provider."""
-        loop = asyncio.get_running_loop()
-        for shared in list(self._pending.get(loop, {}).values()):
-            if shared.task is not None:
-                shared.task.cancel()
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        """Cancel the calls still going on in the background and close the httpx client:
+        shutdown never waits on a provider. Callable from any loop or backend."""
+        loop = BACKGROUND.current()
+        if loop is None:
+            return
+        if BACKGROUND.on_thread():
+            await self._aclose_here()
+            return
+        future = BACKGROUND.submit(self._aclose_here())
+        with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
+            await wait_future(future, _CLOSE_TIMEOUT_S)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Close every loop's httpx client from synchronous code (tests, shutdown hooks).
-        In async code use ``aclose()``: a loop cannot wait on itself."""
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, client in list(self._clients.items()):
-            if loop is current:
-                continue
-            self._clients.pop(loop, None)
-            if loop.is_closed():
-                continue
-            if loop.is_running():
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout)
-            else:
-                loop.run_until_complete(client.aclose())
+    def close(self, timeout: float = _CLOSE_TIMEOUT_S) -> None:
+        """``aclose()`` for synchronous code (tests, shutdown hooks)."""
+        loop = BACKGROUND.current()
+        if loop is None or BACKGROUND.on_thread():
+            return  # a loop cannot wait on itself; nothing to close if it never ran
+        future = BACKGROUND.submit(self._aclose_here())
+        with contextlib.suppress(Exception):
+            future.result(timeout)
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- internals: on the caller's side --------------------------------------------------------
 
-    def _done(
+    def _join_or_start(
         self,
-        task: asyncio.Task[BaseModel | LLMError],
-        *,
         key: tuple[Any, ...],
-        pending: dict[tuple[Any, ...], _Shared],
-    ) -> None:
+        schema: type[BaseModel],
+        prompt: Prompt,
+        text: str,
+        deadline: Deadline,
+        stats: CallStats,
+        keep_going_s: float,
+    ) -> _Shared:
         with self._lock:
-            self._in_flight -= 1
-        shared = pending.get(key)
-        if shared is not None and shared.task is task:
-            del pending[key]
-        if task.cancelled():
-            return
-        exc = task.exception()  # also marks an unexpected exception retrieved
-        if exc is not None:
-            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
-            return
-        result = task.result()
-        if isinstance(result, BaseModel) and self._cache is not None:
+            shared = self._pending.get(key)
+            if shared is not None and not shared.future.done():
+                return shared
+            if self._in_flight >= self.max_in_flight:
+                raise Shed(f"{self._in_flight} LLM calls in flight", reason="in_flight_cap")
+            self._in_flight += 1
+            shared = self._pending[key] = _Shared(deadline.end + keep_going_s)
+        loop = BACKGROUND.loop()
+        coro = self._run_shared(key, shared, schema, prompt, text, stats)
+        if BACKGROUND.on_thread():
+            _start_task(loop, coro)
+        else:
+            # A fresh context: nothing of the caller's (a trio run's marker, which httpcore
+            # reads to choose its locks) reaches the call.
+            loop.call_soon_threadsafe(_start_task, loop, coro, context=contextvars.Context())
+        return shared
+
+    def _judge_hang(self, shared: _Shared, *, final: bool) -> None:
+        """A caller stopped waiting (``final=False``) or the attempt ended by timeout
+        (``final=True``): an attempt that has had no answer for a generous share of what its
+        provider usually takes (never less than ``_HANG_FLOOR_S``) is a failure. Shorter
+        waits say more about the caller's budget than about the provider: not held against
+        it; a half-open trial cut that short decides nothing."""
+        now = time.monotonic()
+        if not final and now < shared.end - _JOIN_GRACE_S:
+            return  # the call goes on (stale-while-revalidate): it is judged when it ends
+        with self._lock:
+            attempt = shared.attempt
+            if attempt is None or attempt.judged:
+                return
+            breaker = self.breakers[attempt.label]
+            threshold = max(_HANG_FLOOR_S, _HANG_FACTOR * self._typical_s[attempt.label])
+            if now - attempt.started >= threshold:
+                attempt.judged = True
+                breaker.failure(attempt.started)
+            elif final:
+                attempt.judged = True
+                breaker.release_trial()
+
+    def _settle(self, shared: _Shared, outcome: str) -> None:
+        with self._lock:
+            attempt = shared.attempt
+            if attempt is None or attempt.judged:
+                return
+            attempt.judged = True
+            breaker = self.breakers[attempt.label]
+            if outcome == "success":
+                took = time.monotonic() - attempt.started
+                typical = self._typical_s[attempt.label]
+                typical = took if typical == 0.0 else 0.8 * typical + 0.2 * took
+                self._typical_s[attempt.label] = typical
+                breaker.success()
+            elif outcome == "failure":
+                breaker.failure(attempt.started)
+            else:
+                breaker.release_trial()
+
+    # -- internals: on the background loop -------------------------------------------------------
+
+    async def _run_shared(
+        self,
+        key: tuple[Any, ...],
+        shared: _Shared,
+        schema: type[BaseModel],
+        prompt: Prompt,
+        text: str,
+        stats: CallStats,
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        result: BaseModel | LLMError = LLMTimeout("cancelled", reason="shutdown")
+        try:
+            result = await self._call_chain(schema, prompt, text, shared, stats)
+        except BaseException as exc:  # a bug of ours, or shutdown: never a stuck waiter
+            if not isinstance(exc, Exception):
+                raise
+            result = LLMTransportError(f"internal:{type(exc).__name__}", reason="internal")
+        finally:
             with self._lock:
-                self._cache[key] = result
+                self._in_flight -= 1
+                if self._pending.get(key) is shared:
+                    del self._pending[key]
+                if isinstance(result, BaseModel) and self._cache is not None:
+                    self._cache[key] = result
+            if task is not None:
+                self._tasks.discard(task)
+            # Set last: a caller woken by it finds the cache filled and the slot released.
+            shared.future.set_result(result)
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
+        client = self._client
         if client is None or client.is_closed:
-            client = httpx.AsyncClient(
+            client = self._client = self._holder.client = httpx.AsyncClient(
                 transport=self._transport,
-                verify=self._ssl,
+                verify=ssl_context(),
+                # Room for every call the in-flight cap lets through: no call ever waits in
+                # the pool, where a pool timeout can strand a freshly assigned connection
+                # for good (seen with httpcore 1.0.9 under contention).
                 limits=httpx.Limits(
                     max_connections=self.max_in_flight * 2,
                     max_keepalive_connections=self.max_in_flight,
                 ),
                 follow_redirects=False,
             )
-            self._clients[loop] = client
         return client
+
+    async def _aclose_here(self) -> None:
+        # Close the pool first: calls in flight fail on their closed connections and end
+        # normally; cancelling them inside httpcore could drop a socket unclosed.
+        client, self._client = self._client, None
+        self._holder.client = None
+        if client is not None:
+            await client.aclose()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _call_chain(
         self,
@@ -326,56 +434,42 @@ class LLMClient:
         shared: _Shared,
         stats: CallStats,
     ) -> BaseModel | LLMError:
-        deadline = shared.deadline  # grows when a later caller joins
+        deadline = Deadline(0.0)
+        deadline.end = shared.end  # fixed: nobody who joins moves it
         messages = render(prompt, schema, text)
         last: LLMError | None = None
-        trying: CircuitBreaker | None = None
-        # A call cut short by a budget under a second says more about the budget than about
-        # the provider: such timeouts are not held against its breaker.
-        judged = deadline.remaining() >= _BREAKER_MIN_BUDGET_S
-        try:
-            # The shared call's timeouts fire a little after its first caller's deadline:
-            # callers stop waiting first and answer their requests, and tearing down the
-            # upstream connection happens off their clock. No attempt starts after the deadline.
-            async with asyncio.timeout(deadline.remaining() + _TEARDOWN_GRACE_S) as cm:
-                shared.timeout = cm
-                for provider in self.providers:
-                    if deadline.remaining() < _MIN_ATTEMPT_S:
-                        break
-                    breaker = trying = self.breakers[provider.label]
-                    if not breaker.allow():
-                        last = last or CircuitOpen(f"{provider.label} circuit open")
-                        continue
-                    try:
-                        result = await self._call_provider(
-                            provider, schema, messages, deadline, stats
-                        )
-                    except LLMInvalidOutput as exc:
-                        breaker.success()  # the provider works; the model got it wrong
-                        last = exc
-                    except LLMTransportError as exc:
-                        breaker.failure()
-                        last = exc
-                    except LLMTimeout as exc:
-                        breaker.failure() if judged else breaker.release_trial()
-                        last = exc
-                    except asyncio.CancelledError:
-                        breaker.release_trial()  # a cut-short trial decides nothing
-                        raise
-                    except Exception:
-                        breaker.failure()  # never leave a half-open breaker stuck
-                        raise
-                    else:
-                        breaker.success()
-                        return result
-        except TimeoutError:
-            if trying is not None:
-                # A provider that hangs past a deadline of a second or more is failing.
-                trying.failure() if judged else trying.release_trial()
-            last = None
-        # Returned, not raised: an exception stored on the task would keep its traceback, this
-        # frame, `shared` and the asyncio.Timeout - and through them the task - in a cycle only
-        # a full GC frees (pausing the loop for tens of ms under load).
+        for provider in self.providers:
+            if deadline.remaining() < _MIN_ATTEMPT_S:
+                break
+            breaker = self.breakers[provider.label]
+            with self._lock:
+                allowed = breaker.allow()
+            if not allowed:
+                last = last or CircuitOpen(f"{provider.label} circuit open")
+                continue
+            shared.attempt = _Attempt(provider.label)
+            try:
+                result = await self._call_provider(provider, schema, messages, deadline, stats)
+            except LLMInvalidOutput as exc:
+                self._settle(shared, "success")  # the provider works; the model got it wrong
+                last = exc
+            except LLMTimeout as exc:
+                self._judge_hang(shared, final=True)
+                last = exc
+            except LLMConfigError as exc:
+                self._settle(shared, "undecided")  # ours to fix, not the provider's failure
+                last = exc
+            except LLMError as exc:
+                self._settle(shared, "failure")
+                last = exc
+            except BaseException:
+                self._settle(shared, "undecided")  # never leave a half-open breaker stuck
+                raise
+            else:
+                self._settle(shared, "success")
+                return result
+        # Returned, not raised: an exception stored on a future would keep its traceback
+        # and frames alive in a cycle only a full GC frees.
         error = last if last is not None else LLMTimeout("budget exhausted", reason="deadline")
         error.__traceback__ = error.__context__ = error.__cause__ = None
         return error
@@ -389,6 +483,7 @@ class LLMClient:
         stats: CallStats,
     ) -> BaseModel:
         schema_dict = schema_json(schema)
+        provider_timeout = provider.timeout_ms / 1000
         attempt = 0
         corrected = False
         while True:
@@ -400,12 +495,7 @@ class LLMClient:
             stats.models.append(provider.model)
             try:
                 payload = await self._post(
-                    request.url,
-                    request.headers,
-                    request.body,
-                    # The provider's own cap per attempt; the deadline is enforced around the
-                    # whole call (and moves when a more patient caller joins).
-                    provider.timeout_ms / 1000,
+                    request, min(provider_timeout, remaining + _GRACE_S), deadline
                 )
             except _Retryable as exc:
                 error = LLMTimeout if exc.reason == "provider_timeout" else LLMTransportError
@@ -439,23 +529,28 @@ class LLMClient:
                     },
                 ]
 
-    async def _post(
-        self, url: str, headers: dict[str, str], body: dict[str, Any], timeout: float
-    ) -> bytes:
+    async def _post(self, request: WireRequest, timeout: float, deadline: Deadline) -> bytes:
+        """One HTTP attempt, ended only by httpx's own timeouts (``timeout``: every phase,
+        pool wait included) or by leaving the stream context normally: never cancelled."""
         client = self._http()
         try:
             async with client.stream(
-                "POST", url, json=body, headers=headers, timeout=httpx.Timeout(timeout)
+                "POST",
+                request.url,
+                content=request.content,
+                headers=request.headers,
+                timeout=httpx.Timeout(timeout),
             ) as response:
-                if response.status_code in _RETRY_STATUSES:
-                    raise _Retryable(
-                        f"http_{response.status_code}",
-                        _retry_after(response.headers.get("retry-after")),
-                    )
-                if response.status_code >= 400:
-                    raise LLMTransportError(
-                        f"HTTP {response.status_code}", reason=f"http_{response.status_code}"
-                    )
+                status = response.status_code
+                if status >= 400:
+                    # Read a bounded error body, so that the connection goes back to the pool
+                    # instead of being dropped (a new connection per error answer otherwise).
+                    await _drain(response, deadline)
+                    if status in _RETRY_STATUSES:
+                        raise _Retryable(
+                            f"http_{status}", _retry_after(response.headers.get("retry-after"))
+                        )
+                    raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
                     raise LLMTransportError("answer too large", reason="too_large")
@@ -466,11 +561,89 @@ class LLMClient:
                     if size > self.max_response_bytes:
                         raise LLMTransportError("answer too large", reason="too_large")
                     chunks.append(chunk)
+                    if deadline.remaining() <= 0 and time.monotonic() > deadline.end + _GRACE_S:
+                        raise _Retryable("provider_timeout")  # a drip: leave, a normal close
                 return b"".join(chunks)
         except httpx.TimeoutException:
             raise _Retryable("provider_timeout") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"transport_{type(exc).__name__}") from None
+
+
+async def _drain(response: httpx.Response, deadline: Deadline) -> None:
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > _ERROR_BODY_CAP or time.monotonic() > deadline.end + _GRACE_S:
+            return  # not worth it: the connection is closed instead
+
+
+class _Holder:
+    """The httpx client of an ``LLMClient``, reachable by its finalizer (not the instance)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: httpx.AsyncClient | None = None
+
+    def close_soon(self) -> None:
+        client, self.client = self.client, None
+        loop = BACKGROUND.current()
+        if client is None or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(
+                _start_task, loop, client.aclose(), context=contextvars.Context()
+            )
+
+
+_ORPHANS: set[asyncio.Task[Any]] = set()  # tasks nobody else holds: kept alive until done
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
+    task = loop.create_task(coro)
+    _ORPHANS.add(task)
+    task.add_done_callback(_ORPHANS.discard)
+
+
+# -- warm start: what the first call needs, prepared once per process, off the request path --
+
+_WARM_LOCK = threading.Lock()
+_WARM: concurrent.futures.Future[ssl.SSLContext] | None = None
+_WARM_PID = 0
+
+
+def warm_up() -> None:
+    """Start loading the CA bundle into the process's TLS context (once per process, in a
+    short-lived thread): neither building a middleware nor the first LLM call pays for it.
+    Called at import (start-up) and by every ``LLMClient``."""
+    global _WARM, _WARM_PID
+    if _WARM is not None and (os.getpid() == _WARM_PID or _WARM.done()):
+        return  # (a context made before a fork serves the child as well)
+    with _WARM_LOCK:
+        if _WARM is not None and (os.getpid() == _WARM_PID or _WARM.done()):
+            return
+        future: concurrent.futures.Future[ssl.SSLContext] = concurrent.futures.Future()
+        _WARM, _WARM_PID = future, os.getpid()
+    threading.Thread(
+        target=_prepare, args=(future,), name="llm-middleware-warm-up", daemon=True
+    ).start()
+
+
+def _prepare(future: concurrent.futures.Future[ssl.SSLContext]) -> None:
+    try:
+        context = ssl.create_default_context(cafile=certifi.where())
+    except BaseException as exc:  # pragma: no cover - reported to the first caller
+        future.set_exception(exc)
+        return
+    future.set_result(context)
+
+
+def ssl_context() -> ssl.SSLContext:
+    """The process's TLS context (waits for ``warm_up`` if it is still at work)."""
+    warm_up()
+    assert _WARM is not None
+    return _WARM.result()
 
 
 def _qualname(schema: type[BaseModel]) -> str:
@@ -514,3 +687,4 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+warm_up()

@@ -27,6 +27,13 @@ class LLMTransportError(LLMError):
     outcome = "error"
 
 
+class LLMConfigError(LLMError):
+    """A provider that cannot be called as configured (e.g. an API key with control
+    characters): refused before anything is sent."""
+
+    outcome = "error"
+
+
 class CircuitOpen(LLMError):
     outcome = "circuit_open"
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Anthropic, OpenAICompatible
-from .errors import LLMInvalidOutput, LLMTransportError
+from .errors import LLMConfigError, LLMInvalidOutput, LLMTransportError
 
 ProviderConfig = OpenAICompatible | Anthropic
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -21,6 +22,11 @@ class WireRequest:
     url: str
     headers: dict[str, str]
     body: dict[str, Any]
+
+    @property
+    def content(self) -> bytes:
+        """The JSON body as sent (compact, UTF-8)."""
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,13 @@ def build_request(
 ) -> WireRequest:
     headers = {"content-type": "application/json", **provider.headers}
     key = provider.api_key()
+    if key and _CONTROL_RE.search(key):
+        # A header value with CR/LF could smuggle headers (or be echoed by an error): refuse
+        # it, naming where it came from, never the value.
+        raise LLMConfigError(
+            f"the API key from {provider.api_key_env} contains control characters",
+            reason="bad_api_key",
+        )
     if isinstance(provider, Anthropic):
         if key:
             headers["x-api-key"] = key

@@ -1,0 +1,295 @@
+"""Soak: minutes of sustained load against a misbehaving provider (issue 9), plus CPU per call.
+
+Per server (``--servers``, default ``uvicorn,gunicorn``: uvicorn + Starlette, and gunicorn with
+ONE ``gthread`` worker of 64 threads + plain WSGI), with the middleware's one intent rule
+(budget 200 ms, ``max_in_flight`` 128, ``max_retries`` 1) and the scripted fault server in a
+process of its own:
+
+1. ``cpu``: the provider answers at once; 300 sequential requests with distinct texts on the
+   matched path and 300 on the unmatched one: the server's CPU time per request, matched minus
+   unmatched = **CPU ms per LLM call** (target <= 0.8 ms, issue 14).
+2. ``reference``: the soak's load (``--concurrency`` keep-alive clients, distinct texts) on an
+   unmatched view that sleeps the budget, for a sixth of the soak (at least 15 s): what an ideal
+   middleware would cost under the same arrivals.
+3. ``soak``: ``--minutes`` of that load on the matched path while the provider cycles
+   fast x3 / hang before headers / HTTP 500 / hang after headers. Every 5 s: the server's RSS,
+   open fds, threads and ESTABLISHED connections to the provider.
+4. After 5 s idle: provider connections still open; then 12 probes with fresh texts, one at a
+   time (the provider keeps cycling: half of its answers are good).
+
+Printed: requests, req/s, latency p50/p99/max against the reference's, outcome counts, the
+samples, and verdicts for the targets: p99 <= reference p99 + 5 ms, provider connections after
+idle <= 64, RSS and fds flat (+-10 %) over the last two thirds, probes answered at the
+provider's own rate.
+
+Usage: ``python bench/soak.py [--minutes 3] [--servers uvicorn,gunicorn] [--concurrency 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from contextlib import AbstractContextManager, suppress
+from pathlib import Path
+
+from _common import (
+    LoadResult,
+    Server,
+    _process_tree,
+    closed_loop,
+    environment_line,
+    get,
+    gunicorn_server,
+    percentile,
+    source_line,
+    uvicorn_server,
+    verdict,
+)
+from _fault import FaultProcess, fault_process
+
+BUDGET_MS = 200
+SAMPLE_EVERY_S = 5.0
+PROBES = 12
+CPU_REQUESTS = 300
+
+
+def server_for(kind: str, provider: str) -> AbstractContextManager[Server]:
+    extra = {
+        "max_in_flight": 128,
+        "providers": [{"kind": "openai", "base_url": provider, "model": "fake", "max_retries": 1}],
+    }
+    env = {
+        "BENCH_PROVIDER_URL": provider,
+        "BENCH_BUDGET_MS": str(BUDGET_MS),
+        "BENCH_EXTRA_CONFIG": json.dumps(extra),
+    }
+    if kind == "uvicorn":
+        return uvicorn_server("asgi_wrapped", env)
+    return gunicorn_server("wsgi_wrapped", env, worker_class="gthread", threads=64)
+
+
+# -- sampling the server -------------------------------------------------------------------------
+
+
+def _workers(server: Server) -> list[int]:
+    return _process_tree(server.pid)
+
+
+def _status_field(pid: int, name: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def provider_connections(provider_url: str) -> int:
+    """ESTABLISHED TCP connections to the provider's port (only the server connects to it)."""
+    port = int(provider_url.rsplit(":", 1)[1].split("/", 1)[0])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with _ignore_oserror():
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote, state = fields[2], fields[3]
+                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+class _ignore_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, *_: object) -> bool:
+        return isinstance(kind, type) and issubclass(kind, OSError)
+
+
+def sample(server: Server, provider_url: str) -> dict[str, float]:
+    pids = _workers(server)
+    return {
+        "rss_mb": sum(_status_field(p, "VmRSS") for p in pids) / 1024,
+        "fds": sum(_fds(p) for p in pids),
+        "threads": sum(_status_field(p, "Threads") for p in pids),
+        "provider_conns": provider_connections(provider_url),
+    }
+
+
+# -- phases --------------------------------------------------------------------------------------
+
+
+def cpu_per_call(server: Server, provider: FaultProcess) -> tuple[float, float]:
+    """Server CPU ms per request: (matched with an instant provider, unmatched)."""
+    provider.set_default("fast")
+    for i in range(20):
+        get(server.port, f"/search?q=warm-{i}")
+
+    def run(path: str) -> float:
+        before = server.cpu_seconds()
+        for i in range(CPU_REQUESTS):
+            get(server.port, path.format(i=i))
+        return (server.cpu_seconds() - before) / CPU_REQUESTS * 1000
+
+    matched = run("/search?q=cpu-{i}")
+    unmatched = run("/plain?q=cpu-{i}")
+    return matched, unmatched
+
+
+async def load(
+    server: Server, path: str, seconds: float, concurrency: int, samples: list[dict[str, float]],
+    provider_url: str,
+) -> LoadResult:  # fmt: skip
+    stop = asyncio.Event()
+
+    async def sampler() -> None:
+        while not stop.is_set():
+            samples.append(sample(server, provider_url))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+
+    task = asyncio.create_task(sampler())
+    try:
+        return await closed_loop(
+            server.port,
+            lambda i: f"{path}q=soak-{time.monotonic_ns()}-{i}",
+            concurrency=concurrency,
+            max_requests=10**9,
+            max_seconds=seconds,
+            keep=True,
+            stagger_s=BUDGET_MS / 1000,
+        )
+    finally:
+        stop.set()
+        await task
+
+
+def latencies_ms(result: LoadResult) -> list[float]:
+    return [r.latency_s * 1000 for r in result.responses]
+
+
+def outcomes(result: LoadResult) -> Counter[str]:
+    counts: Counter[str] = Counter(
+        r.headers.get("x-llm-outcome", "?").split(";")[0] for r in result.responses
+    )
+    counts.update({f"error:{k}": v for k, v in result.errors.items()})
+    return counts
+
+
+def flat(values: list[float]) -> tuple[bool, str]:
+    """Drift over the last two thirds: the median of the last third against the middle
+    third's (a leak grows; a momentary burst of connections is not one)."""
+    third = len(values) // 3
+    middle, last = values[third : 2 * third], values[2 * third :]
+    if not middle or not last or statistics.median(middle) <= 0:
+        return False, "too few samples"
+    before, after = statistics.median(middle), statistics.median(last)
+    drift = (after - before) / before
+    return abs(drift) <= 0.10, (
+        f"median {before:.0f} -> {after:.0f} ({drift:+.0%}; range {min(middle + last):.0f}.."
+        f"{max(middle + last):.0f})"
+    )
+
+
+def soak_one(kind: str, minutes: float, concurrency: int) -> None:
+    print(f"\n== {kind} ==")
+    with fault_process() as provider, server_for(kind, provider.url) as server:
+        matched, unmatched = cpu_per_call(server, provider)
+        print(
+            f"cpu: server CPU per request, instant provider, sequential: matched {matched:.3f} ms,"
+            f" unmatched {unmatched:.3f} ms -> CPU per LLM call {matched - unmatched:.3f} ms "
+            f"(target <= 0.8) {verdict(matched - unmatched <= 0.8)}"
+        )
+        ref_seconds = max(15.0, minutes * 60 / 6)
+        ref_samples: list[dict[str, float]] = []
+        reference = asyncio.run(
+            load(server, f"/sleep?ms={BUDGET_MS}&", ref_seconds, concurrency, ref_samples,
+                 provider.url)
+        )  # fmt: skip
+        provider.set_default("mixed")
+        samples: list[dict[str, float]] = []
+        soak = asyncio.run(
+            load(server, "/search?", minutes * 60, concurrency, samples, provider.url)
+        )
+        time.sleep(5.0)
+        idle_conns = provider_connections(provider.url)
+        # Probes, one at a time. An open breaker (the provider failed many calls in a row)
+        # lets a trial through after breaker_reset_s (30 s): circuit_open answers are counted
+        # apart, and probing goes on until PROBES calls reached the provider (or 45 s).
+        probes: Counter[str] = Counter()
+        probe_end = time.monotonic() + 45
+        reached = 0
+        while reached < PROBES and time.monotonic() < probe_end:
+            started = time.perf_counter()
+            status, headers, _ = get(server.port, f"/search?q=probe-{time.monotonic_ns()}")
+            took = (time.perf_counter() - started) * 1000
+            outcome = headers.get("x-llm-outcome", "?").split(";")[0] if status == 200 else status
+            if outcome == "intent=circuit_open":
+                probes[str(outcome)] += 1
+                time.sleep(0.5)
+                continue
+            reached += 1
+            probes[f"{outcome}{' (>budget+50ms)' if took > BUDGET_MS + 50 else ''}"] += 1
+        after = sample(server, provider.url)
+
+    ref_ms, soak_ms = latencies_ms(reference), latencies_ms(soak)
+    ref_p99, p99 = percentile(ref_ms, 99), percentile(soak_ms, 99)
+    print(
+        f"reference (view sleeps {BUDGET_MS} ms, same load, {ref_seconds:.0f} s): "
+        f"{reference.completed} requests, {reference.rps:.0f} req/s, p50 "
+        f"{percentile(ref_ms, 50):.1f} p99 {ref_p99:.1f} max {max(ref_ms, default=0):.1f} ms"
+    )
+    print(
+        f"soak ({minutes:g} min, mixed-fault provider, {concurrency} clients): {soak.completed} "
+        f"requests, {soak.rps:.0f} req/s, p50 {percentile(soak_ms, 50):.1f} p99 {p99:.1f} max "
+        f"{max(soak_ms, default=0):.1f} ms; p99 - reference p99 = {p99 - ref_p99:+.1f} ms "
+        f"(target <= +5) {verdict(p99 - ref_p99 <= 5)}"
+    )
+    print(f"outcomes: {dict(outcomes(soak).most_common())}")
+    print("samples (every 5 s): rss_mb / fds / threads / provider_conns")
+    print("  " + "  ".join(
+        f"{s['rss_mb']:.0f}/{s['fds']:.0f}/{s['threads']:.0f}/{s['provider_conns']:.0f}"
+        for s in samples
+    ))  # fmt: skip
+    rss_ok, rss_note = flat([s["rss_mb"] for s in samples])
+    fds_ok, fds_note = flat([s["fds"] for s in samples])
+    print(f"RSS over the last two thirds: {rss_note} MB {verdict(rss_ok)}")
+    print(f"fds over the last two thirds: {fds_note} {verdict(fds_ok)}")
+    print(
+        f"provider connections after 5 s idle: {idle_conns} (target <= 64) "
+        f"{verdict(idle_conns <= 64)}; after the probes: {after}"
+    )
+    ok = probes.get("intent=ok", 0)
+    print(
+        f"probes ({PROBES}, fresh texts, provider still cycling: 3 of 6 answers good): "
+        f"{dict(probes)} {verdict(ok >= PROBES // 4)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--servers", default="uvicorn,gunicorn")
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    print(environment_line())
+    print(source_line())
+    for kind in args.servers.split(","):
+        soak_one(kind, args.minutes, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
