@@ -240,7 +240,7 @@ def demo_config(provider_url: str, model: str, dialect: str, budget_ms: int) -> 
             {
                 "path": "/tickets",
                 "methods": ["POST"],
-                "interceptors": [{"type": "pii_masking"}],
+                "interceptors": [{"type": "pii_masking", "mask_for": ["providers", "app"]}],
             },
             {
                 "path": "/articles/{id:int}",
