@@ -8,7 +8,14 @@ from typing import Any
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read
-from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
+from .observability import (
+    log_internal_error,
+    publish_result,
+    reset_request_pii,
+    server_timing,
+    set_request_pii,
+)
+from .result import LLMResult
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,13 +83,13 @@ class _Responder:
         self.more_body = False
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        result: LLMResult | None = None
         try:
-            scope, send = await self._before(scope, receive, send)
+            scope, send, result = await self._before(scope, receive, send)
         except Exception as exc:  # ours, never the app's: pass the request through untouched
             log_internal_error("asgi", exc)
             scope = dict(scope)
             scope[SCOPE_MARK] = True
-        result = scope.get("state", {}).get("llm") if SCOPE_MARK in scope else None
         token = set_request_pii(result.pii_values if result is not None else frozenset())
         try:
             await self.app(scope, self._replay(receive), send)
@@ -91,7 +98,9 @@ class _Responder:
             if isinstance(send, _ResponseSide):
                 send.finish("no_response")
 
-    async def _before(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Send]:
+    async def _before(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Scope, Send, LLMResult]:
         deadline = Deadline(self.rule.budget_s)
         headers = Headers.from_asgi(scope["headers"])
         client = scope.get("client")
@@ -108,10 +117,11 @@ class _Responder:
 
         scope = dict(scope)
         scope[SCOPE_MARK] = True
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        state["llm"] = result
+        # A copy: the server's lifespan state is never written to. A name the app already
+        # uses (lifespan state {"llm": client}) keeps the app's value.
+        state = dict(scope.get("state") or ())
+        if publish_result(state, self.engine.config.result_attr, result, "scope['state']"):
+            scope["state"] = state
         if exchange.new_query_string is not None:
             scope["query_string"] = exchange.new_query_string.encode("latin-1")
         if exchange.new_body is not None and not self.more_body:
@@ -124,7 +134,7 @@ class _Responder:
             send = _with_server_timing(send, result)
         if self.rule.needs_response and result.context is not None:
             send = _ResponseSide(self.engine, self.rule, result, exchange.method, send)
-        return scope, send
+        return scope, send, result
 
     async def _read_body(self, exchange: RequestExchange, receive: Receive) -> None:
         headers = exchange.headers
