@@ -40,6 +40,7 @@ import cProfile
 import dataclasses
 import gc
 import io
+import os
 import pstats
 import sys
 import time
@@ -49,6 +50,7 @@ from typing import Any
 from urllib.parse import quote
 
 import _apps
+import _common
 from _common import (
     DROPPED_ERRORS,
     LOGGING_NOTE,
@@ -759,7 +761,18 @@ def main() -> None:
     parser.add_argument(
         "--pin-cpus", action="store_true", help="pin servers and load client to separate CPUs"
     )
+    parser.add_argument(
+        "--logging",
+        choices=("quiet", "default"),
+        default="quiet",
+        help="quiet: events dropped (the middleware's own cost); default: structlog's default "
+        "console renderer to /dev/null (what an app that never configured structlog pays)",
+    )
     args = parser.parse_args()
+    if args.logging == "default" and not _common.DEFAULT_LOGGING:
+        # Read at import by _common and by every server subprocess: start again with it set.
+        os.environ["LLM_BENCH_LOGGING"] = "default"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.pin_cpus:
         enable_pinning()
     meter = CpuMeter()

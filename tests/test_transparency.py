@@ -406,3 +406,36 @@ def test_asgi_short_body_reaches_the_app_as_without_us(messages: list[dict[str, 
     asyncio.run(run(False))
     asyncio.run(run(True))
     assert seen[0] == seen[1]
+
+
+# -- logging that costs what it is worth (issue 14) ------------------------------------------
+
+
+def test_cache_hit_lines_are_sampled_and_say_for_how_many() -> None:
+    from llm_middleware.llm import CallStats
+    from llm_middleware.observability import log_request
+
+    def log(outcome: str, *, cache_hits: int, llm_calls: int, sample: float) -> None:
+        result = LLMResult(rule="/r")
+        result.record("intent", outcome, None if outcome == "cached" else "deadline")
+        stats = CallStats()
+        stats.cache_hits, stats.llm_calls = cache_hits, llm_calls
+        log_request(rule="/r", method="GET", mode="enforce", result=result, stats=stats,
+                    cached_sample=sample)  # fmt: skip
+
+    with capture_logs() as logs:
+        for _ in range(40):
+            log("cached", cache_hits=1, llm_calls=0, sample=0.25)
+        log("timeout", cache_hits=0, llm_calls=1, sample=0.25)  # a failure: always
+        log("ok", cache_hits=0, llm_calls=1, sample=0.25)  # a provider call: always
+    events = request_events(logs)
+    cached = [e for e in events if e["outcomes"] == {"intent": "cached"}]
+    # One line per four cache hits (the first may close a count an earlier test began).
+    assert 9 <= len(cached) <= 10
+    assert all(e["sampled"] == 4 for e in cached[1:])
+    assert sum(e["sampled"] for e in cached) in range(37, 41)
+    assert [e["outcomes"] for e in events[-2:]] == [{"intent": "timeout"}, {"intent": "ok"}]
+    with capture_logs() as logs:
+        for _ in range(5):
+            log("cached", cache_hits=1, llm_calls=0, sample=1.0)
+    assert [e["sampled"] for e in request_events(logs)] == [1] * 5

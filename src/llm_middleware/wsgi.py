@@ -26,10 +26,12 @@ class LLMWSGIMiddleware:
         self._match = self.engine.router.match
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if RESULT_KEY in environ:  # wrapped twice: the outer instance already handled it
-            return self.app(environ, start_response)
-        rule = self._match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
-        if rule is None:
+        # The unmatched path is the hot one: one lookup, nothing else.
+        path = environ.get("PATH_INFO") or "/"
+        rule = self._match(
+            environ.get("REQUEST_METHOD", "GET"), path if path.isascii() else route_path(environ)
+        )
+        if rule is None or RESULT_KEY in environ:  # (set: wrapped twice, the outer one ran)
             return self.app(environ, start_response)
         try:
             self._before(rule, environ)
