@@ -76,6 +76,8 @@ from _common import (
 )
 
 UNMATCHED_MIN_RATIO = 0.97
+#: The unmatched path against a no-op middleware of the same kind (issue 14).
+UNMATCHED_VS_NOOP_MIN_RATIO = 0.99
 CACHE_HIT_MAX_ADDED_US = 100.0
 QUERY = "red shoes under 50 euros"
 QS = "q=" + quote(QUERY)
@@ -369,6 +371,12 @@ def inprocess_row(
     )
     if kind == "floor":
         return Row([*cells, "(floor)"])
+    if kind == "vs-noop":
+        cells[2] = cells[2].replace("p50", "no-op p50")
+        return Row(
+            [*cells, f"≥ {UNMATCHED_VS_NOOP_MIN_RATIO}× no-op"],
+            ratio >= UNMATCHED_VS_NOOP_MIN_RATIO,
+        )
     if unjudged:
         return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}× (not judged: {unjudged})"])
     return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}×"], ratio >= UNMATCHED_MIN_RATIO)
@@ -380,10 +388,16 @@ async def check_cache(call: Call) -> None:
     assert status == 200, status
     if "x-llm-outcome" in headers:
         raise RuntimeError(f"the unmatched path went through the middleware: {headers}")
-    _, first = await call(CACHE_HIT)
-    _, second = await call(CACHE_HIT)
-    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
-        raise RuntimeError(f"cache warm-up failed: {first} then {second}")
+    # The first LLM call of a process may overrun a cold budget (imports, TLS context): warm
+    # up until the answer is cached, a bounded number of times.
+    seen = []
+    for _ in range(20):
+        _, headers = await call(CACHE_HIT)
+        seen.append(headers.get("x-llm-outcome"))
+        if seen[-1] == "intent=cached":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"cache warm-up failed: {seen}")
 
 
 @dataclass
@@ -429,6 +443,12 @@ async def compare_inprocess(subject: Subject, settings: Settings) -> tuple[list[
             "floor",
             unmatched["bare"],
             unmatched["noop"],
+        ),
+        inprocess_row(
+            f"{name} {UNMATCHED.name} vs the no-op middleware",
+            "vs-noop",
+            unmatched["noop"],
+            unmatched["wrapped"],
         ),
     ]
     note = (

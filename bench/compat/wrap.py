@@ -153,7 +153,7 @@ def _patch_django() -> None:
         return
     from llm_middleware import django as llm_django
 
-    llm_django.engine_from_settings.get = engine  # type: ignore[method-assign]
+    llm_django.engine_from_settings._build = engine  # type: ignore[method-assign]
     original = base.BaseHandler.load_middleware
 
     def load_middleware(self: Any, is_async: bool = False) -> None:

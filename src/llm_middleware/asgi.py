@@ -32,17 +32,17 @@ class LLMMiddleware:
     def __init__(self, app: ASGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
-        self._match = self.engine.router.match
+        self._match = self.engine.router.matcher()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The unmatched path is the hot one: one lookup, no allocation, no extra call.
-        if scope["type"] == "http" and SCOPE_MARK not in scope:  # (marked: wrapped twice)
+        if scope["type"] == "http":
             path: str = scope["path"]
             root_path: str | None = scope.get("root_path")
             if root_path and path.startswith(root_path):
                 path = path[len(root_path) :] or "/"
             rule = self._match(scope["method"], path)
-            if rule is None:
+            if rule is None or SCOPE_MARK in scope:  # (marked: wrapped twice, the outer ran)
                 return await self.app(scope, receive, send)
             return await _Responder(self.app, self.engine, rule).run(scope, receive, send)
         if scope["type"] == "lifespan":

@@ -39,26 +39,37 @@ _MARK = "_llm_middleware"
 _RESULT = "_llm_middleware_result"  # ours, whoever owns the public name
 
 
+Match = Callable[[str, str], CompiledRule | None]
+
+
 class _EngineFromSettings:
     """Reads ``settings.LLM_MIDDLEWARE`` lazily, once; ``override_settings`` (Django's
     ``setting_changed`` signal) makes the next request rebuild it. No settings lookup on the
     request path."""
 
     def __init__(self) -> None:
-        self._engine: Engine | None = None
+        self._current: tuple[Engine, Match, str] | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Engine:
-        engine = self._engine
-        if engine is not None:
-            return engine
+        return self.current()[0]
+
+    def current(self) -> tuple[Engine, Match, str]:
+        """The engine, its fastest rule lookup and the result's attribute name."""
+        current = self._current
+        if current is not None:
+            return current
         with self._lock:  # request threads racing to build one engine
-            if self._engine is None:
-                self._engine = Engine(getattr(settings, "LLM_MIDDLEWARE", None))
-            return self._engine
+            if self._current is None:
+                engine = self._build()
+                self._current = (engine, engine.router.matcher(), engine.config.result_attr)
+            return self._current
+
+    def _build(self) -> Engine:
+        return Engine(getattr(settings, "LLM_MIDDLEWARE", None))
 
     def reset(self) -> None:
-        self._engine = None
+        self._current = None
 
 
 engine_from_settings = _EngineFromSettings()
@@ -142,21 +153,26 @@ class LLMMiddleware:
     def _prepare(
         self, request: HttpRequest
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
-        attrs = request.__dict__
-        if _MARK in attrs:  # listed twice in MIDDLEWARE
-            return None
-        attrs[_MARK] = None
         try:
-            engine = engine_from_settings.get()
+            engine, match, name = engine_from_settings.current()
+            rule = match(request.method or "GET", request.path_info)
+        except Exception as exc:
+            log_internal_error("django", exc)
+            return None
+        attrs = request.__dict__
+        if rule is None:
             # Views read request.llm on every path, matched or not; a value an earlier
             # middleware put there is the app's and stays.
-            name = engine.config.result_attr
             if name not in attrs:
                 attrs[name] = None
-                attrs[_MARK] = name
-            rule = engine.router.match(request.method or "GET", request.path_info)
-            if rule is None:
-                return None
+            return None
+        if _MARK in attrs:  # listed twice in MIDDLEWARE: the outer one ran
+            return None
+        owned = name not in attrs
+        attrs[_MARK] = name if owned else None
+        if owned:
+            attrs[name] = None
+        try:
             deadline = Deadline(rule.budget_s)
             # Django accepts an integer CONTENT_LENGTH (its own test client sends one).
             headers = Headers((k, str(v)) for k, v in request.headers.items())

@@ -23,7 +23,7 @@ class LLMWSGIMiddleware:
     def __init__(self, app: WSGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
-        self._match = self.engine.router.match
+        self._match = self.engine.router.matcher()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         # The unmatched path is the hot one: one lookup, nothing else.
