@@ -669,10 +669,15 @@ def socket_row(variant: str, case: Case, rounds: list[SocketRound], errors: int)
 def check_socket(servers: dict[str, Server]) -> None:
     """The wrapped server runs the middleware (one provider call, then a cache hit); the bare
     one does not."""
-    _, first, _ = get(servers["wrapped"].port, CACHE_HIT.target)
-    _, second, _ = get(servers["wrapped"].port, CACHE_HIT.target)
-    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
-        raise RuntimeError(f"cache warm-up failed on the server: {first} then {second}")
+    seen = []
+    for _ in range(20):  # the first call of a cold process may overrun its budget
+        _, headers, _ = get(servers["wrapped"].port, CACHE_HIT.target)
+        seen.append(headers.get("x-llm-outcome"))
+        if seen[-1] == "intent=cached":
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"cache warm-up failed on the server: {seen}")
     _, bare, _ = get(servers["bare"].port, CACHE_HIT.target)
     if bare.get("x-llm-outcome") != "-":
         raise RuntimeError(f"the bare server is not bare: {bare}")
