@@ -117,11 +117,14 @@ class _Responder:
 
         scope = dict(scope)
         scope[SCOPE_MARK] = True
-        # A copy: the server's lifespan state is never written to. A name the app already
-        # uses (lifespan state {"llm": client}) keeps the app's value.
-        state = dict(scope.get("state") or ())
-        if publish_result(state, self.engine.config.result_attr, result, "scope['state']"):
-            scope["state"] = state
+        # The request's own state dict (the server's per-request copy of the lifespan state),
+        # written in place as Starlette's request.state does, so that middleware outside us
+        # sees what the view sets. A name the app already uses (lifespan state
+        # {"llm": client}) keeps the app's value.
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        publish_result(state, self.engine.config.result_attr, result, "scope['state']")
         if exchange.new_query_string is not None:
             scope["query_string"] = exchange.new_query_string.encode("latin-1")
         if exchange.new_body is not None and not self.more_body:
