@@ -51,12 +51,28 @@ def _count_and_drop(_logger: Any, _method: str, event_dict: Any) -> Any:
     raise structlog.DropEvent
 
 
+#: ``LLM_BENCH_LOGGING=default`` (``--logging default``; inherited by server subprocesses):
+#: structlog's own defaults (console renderer, every processor) writing to /dev/null.
+DEFAULT_LOGGING = os.environ.get("LLM_BENCH_LOGGING") == "default"
+if DEFAULT_LOGGING:
+    LOGGING_NOTE = (
+        "structlog: its default configuration (console renderer), written to /dev/null "
+        "(a terminal costs more); llm_middleware defaults (log_cached_sample)"
+    )
+
+
 def quiet_structlog() -> None:
     """Drop the per-request events so the benchmark does not measure the terminal.
 
     The middleware still builds each event's keyword arguments (that is its own cost); only the
     rendering and writing are skipped. Error events (internal errors) are counted in
-    ``DROPPED_ERRORS`` so a benchmark can report them."""
+    ``DROPPED_ERRORS`` so a benchmark can report them. With ``LLM_BENCH_LOGGING=default``:
+    structlog's defaults, rendered, to /dev/null."""
+    if DEFAULT_LOGGING:
+        structlog.reset_defaults()
+        devnull = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(devnull))
+        return
     structlog.configure(
         processors=[_count_and_drop],
         wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),

@@ -40,6 +40,7 @@ import cProfile
 import dataclasses
 import gc
 import io
+import os
 import pstats
 import sys
 import time
@@ -49,6 +50,7 @@ from typing import Any
 from urllib.parse import quote
 
 import _apps
+import _common
 from _common import (
     DROPPED_ERRORS,
     LOGGING_NOTE,
@@ -74,6 +76,8 @@ from _common import (
 )
 
 UNMATCHED_MIN_RATIO = 0.97
+#: The unmatched path against a no-op middleware of the same kind (issue 14).
+UNMATCHED_VS_NOOP_MIN_RATIO = 0.99
 CACHE_HIT_MAX_ADDED_US = 100.0
 QUERY = "red shoes under 50 euros"
 QS = "q=" + quote(QUERY)
@@ -367,6 +371,12 @@ def inprocess_row(
     )
     if kind == "floor":
         return Row([*cells, "(floor)"])
+    if kind == "vs-noop":
+        cells[2] = cells[2].replace("p50", "no-op p50")
+        return Row(
+            [*cells, f"≥ {UNMATCHED_VS_NOOP_MIN_RATIO}× no-op"],
+            ratio >= UNMATCHED_VS_NOOP_MIN_RATIO,
+        )
     if unjudged:
         return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}× (not judged: {unjudged})"])
     return Row([*cells, f"≥ {UNMATCHED_MIN_RATIO}×"], ratio >= UNMATCHED_MIN_RATIO)
@@ -378,10 +388,16 @@ async def check_cache(call: Call) -> None:
     assert status == 200, status
     if "x-llm-outcome" in headers:
         raise RuntimeError(f"the unmatched path went through the middleware: {headers}")
-    _, first = await call(CACHE_HIT)
-    _, second = await call(CACHE_HIT)
-    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
-        raise RuntimeError(f"cache warm-up failed: {first} then {second}")
+    # The first LLM call of a process may overrun a cold budget (imports, TLS context): warm
+    # up until the answer is cached, a bounded number of times.
+    seen = []
+    for _ in range(20):
+        _, headers = await call(CACHE_HIT)
+        seen.append(headers.get("x-llm-outcome"))
+        if seen[-1] == "intent=cached":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"cache warm-up failed: {seen}")
 
 
 @dataclass
@@ -427,6 +443,12 @@ async def compare_inprocess(subject: Subject, settings: Settings) -> tuple[list[
             "floor",
             unmatched["bare"],
             unmatched["noop"],
+        ),
+        inprocess_row(
+            f"{name} {UNMATCHED.name} vs the no-op middleware",
+            "vs-noop",
+            unmatched["noop"],
+            unmatched["wrapped"],
         ),
     ]
     note = (
@@ -647,10 +669,15 @@ def socket_row(variant: str, case: Case, rounds: list[SocketRound], errors: int)
 def check_socket(servers: dict[str, Server]) -> None:
     """The wrapped server runs the middleware (one provider call, then a cache hit); the bare
     one does not."""
-    _, first, _ = get(servers["wrapped"].port, CACHE_HIT.target)
-    _, second, _ = get(servers["wrapped"].port, CACHE_HIT.target)
-    if first.get("x-llm-outcome") != "intent=ok" or second.get("x-llm-outcome") != "intent=cached":
-        raise RuntimeError(f"cache warm-up failed on the server: {first} then {second}")
+    seen = []
+    for _ in range(20):  # the first call of a cold process may overrun its budget
+        _, headers, _ = get(servers["wrapped"].port, CACHE_HIT.target)
+        seen.append(headers.get("x-llm-outcome"))
+        if seen[-1] == "intent=cached":
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"cache warm-up failed on the server: {seen}")
     _, bare, _ = get(servers["bare"].port, CACHE_HIT.target)
     if bare.get("x-llm-outcome") != "-":
         raise RuntimeError(f"the bare server is not bare: {bare}")
@@ -759,7 +786,18 @@ def main() -> None:
     parser.add_argument(
         "--pin-cpus", action="store_true", help="pin servers and load client to separate CPUs"
     )
+    parser.add_argument(
+        "--logging",
+        choices=("quiet", "default"),
+        default="quiet",
+        help="quiet: events dropped (the middleware's own cost); default: structlog's default "
+        "console renderer to /dev/null (what an app that never configured structlog pays)",
+    )
     args = parser.parse_args()
+    if args.logging == "default" and not _common.DEFAULT_LOGGING:
+        # Read at import by _common and by every server subprocess: start again with it set.
+        os.environ["LLM_BENCH_LOGGING"] = "default"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.pin_cpus:
         enable_pinning()
     meter = CpuMeter()

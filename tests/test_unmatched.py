@@ -150,3 +150,21 @@ def test_budget_holds_through_a_dns_stall(
     assert results[0].added_ms <= budget_ms + 5
     assert elapsed_ms <= budget_ms + 50
     assert fault_server.requests == []
+
+
+def test_exact_only_matcher_agrees_with_match() -> None:
+    from llm_middleware.routing import Router
+
+    entries = [
+        ("/a", frozenset({"GET"}), "a-get"),
+        ("/a", None, "a-any"),
+        ("/b", frozenset({"POST"}), "b-post"),
+    ]
+    exact_only = Router(entries)
+    assert exact_only.matcher() != exact_only.match  # the one-lookup fast path
+    with_pattern = Router([*entries, ("/c/{id}", None, "c")])
+    assert with_pattern.matcher() == with_pattern.match
+    for method in ("GET", "POST", "PUT"):
+        for path in ("/a", "/b", "/c/1", "/", "/a/"):
+            for router in (exact_only, with_pattern):
+                assert router.matcher()(method, path) == router.match(method, path)

@@ -8,7 +8,14 @@ from typing import Any
 from .deadline import Deadline
 from .engine import CompiledRule, Engine
 from .exchange import Headers, RequestExchange, ResponseExchange, plan_body_read, rejection
-from .observability import log_internal_error, reset_request_pii, server_timing, set_request_pii
+from .observability import (
+    log_internal_error,
+    publish_result,
+    reset_request_pii,
+    server_timing,
+    set_request_pii,
+)
+from .result import LLMResult
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,17 +33,17 @@ class LLMMiddleware:
     def __init__(self, app: ASGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
-        self._match = self.engine.router.match
+        self._match = self.engine.router.matcher()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The unmatched path is the hot one: one lookup, no allocation, no extra call.
-        if scope["type"] == "http" and SCOPE_MARK not in scope:  # (marked: wrapped twice)
+        if scope["type"] == "http":
             path: str = scope["path"]
             root_path: str | None = scope.get("root_path")
             if root_path and path.startswith(root_path):
                 path = path[len(root_path) :] or "/"
             rule = self._match(scope["method"], path)
-            if rule is None:
+            if rule is None or SCOPE_MARK in scope:  # (marked: wrapped twice, the outer ran)
                 return await self.app(scope, receive, send)
             return await _Responder(self.app, self.engine, rule).run(scope, receive, send)
         if scope["type"] == "lifespan":
@@ -77,13 +84,13 @@ class _Responder:
         self.more_body = False
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        result: LLMResult | None = None
         try:
-            scope, send = await self._before(scope, receive, send)
+            scope, send, result = await self._before(scope, receive, send)
         except Exception as exc:  # ours, never the app's: pass the request through untouched
             log_internal_error("asgi", exc)
             scope = dict(scope)
             scope[SCOPE_MARK] = True
-        result = scope.get("state", {}).get("llm") if SCOPE_MARK in scope else None
         rejected = scope.pop(REJECT_KEY, None)
         if rejected is not None:  # the rule fails closed: the app is not called
             status, headers, body = rejected
@@ -99,7 +106,9 @@ class _Responder:
             if isinstance(send, _ResponseSide):
                 send.finish("no_response")
 
-    async def _before(self, scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Send]:
+    async def _before(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Scope, Send, LLMResult]:
         deadline = Deadline(self.rule.budget_s)
         headers = Headers.from_asgi(scope["headers"])
         client = scope.get("client")
@@ -116,14 +125,18 @@ class _Responder:
 
         scope = dict(scope)
         scope[SCOPE_MARK] = True
+        # The request's own state dict (the server's per-request copy of the lifespan state),
+        # written in place as Starlette's request.state does, so that middleware outside us
+        # sees what the view sets. A name the app already uses (lifespan state
+        # {"llm": client}) keeps the app's value.
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
-        state["llm"] = result
+        publish_result(state, self.engine.config.result_attr, result, "scope['state']")
         if exchange.reject is not None:  # sent by run() through the original send
             scope[REJECT_KEY] = rejection(exchange)
             self.engine.finish_response(self.rule, result, exchange.method, "rejected")
-            return scope, send
+            return scope, send, result
         if exchange.new_query_string is not None:
             scope["query_string"] = exchange.new_query_string.encode("latin-1")
         if exchange.new_body is not None and not self.more_body:
@@ -136,7 +149,7 @@ class _Responder:
             send = _with_server_timing(send, result)
         if self.rule.needs_response and result.context is not None:
             send = _ResponseSide(self.engine, self.rule, result, exchange.method, send)
-        return scope, send
+        return scope, send, result
 
     async def _read_body(self, exchange: RequestExchange, receive: Receive) -> None:
         headers = exchange.headers

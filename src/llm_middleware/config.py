@@ -354,6 +354,10 @@ class Config(_Model):
     breaker_reset_s: float = Field(default=30.0, gt=0)
     client_key_header: str | None = None
     server_timing: bool = False
+    # Where views find the result: request.state.<name> / g.<name> / request.<name>.
+    result_attr: str = Field(default="llm", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Share of requests served wholly from cache that get a log line (failures always do).
+    log_cached_sample: float = Field(default=0.01, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _needs_provider(self) -> Config:

@@ -37,8 +37,16 @@ from .exchange import (
     rejection,
     weak_etag,
 )
-from .observability import log_internal_error, reset_request_pii, set_request_pii
+from .observability import log_internal_error, publish_result, reset_request_pii, set_request_pii
 from .sync import process_request_sync, process_response_sync
+
+# request.__dict__ key: present once we handled the request; holds the result's attribute name
+# when it is ours to fill (None when the app already used the name).
+_MARK = "_llm_middleware"
+_RESULT = "_llm_middleware_result"  # ours, whoever owns the public name
+
+
+Match = Callable[[str, str], CompiledRule | None]
 
 
 class _EngineFromSettings:
@@ -47,20 +55,28 @@ class _EngineFromSettings:
     request path."""
 
     def __init__(self) -> None:
-        self._engine: Engine | None = None
+        self._current: tuple[Engine, Match, str] | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Engine:
-        engine = self._engine
-        if engine is not None:
-            return engine
+        return self.current()[0]
+
+    def current(self) -> tuple[Engine, Match, str]:
+        """The engine, its fastest rule lookup and the result's attribute name."""
+        current = self._current
+        if current is not None:
+            return current
         with self._lock:  # request threads racing to build one engine
-            if self._engine is None:
-                self._engine = Engine(getattr(settings, "LLM_MIDDLEWARE", None))
-            return self._engine
+            if self._current is None:
+                engine = self._build()
+                self._current = (engine, engine.router.matcher(), engine.config.result_attr)
+            return self._current
+
+    def _build(self) -> Engine:
+        return Engine(getattr(settings, "LLM_MIDDLEWARE", None))
 
     def reset(self) -> None:
-        self._engine = None
+        self._current = None
 
 
 engine_from_settings = _EngineFromSettings()
@@ -97,7 +113,7 @@ class LLMMiddleware:
         engine, rule, exchange, deadline = prepared
         try:
             result, body, query = process_request_sync(engine, rule, exchange, deadline)
-            _apply(request, result, body, query)
+            _apply(request, engine, result, body, query)
         except Exception as exc:
             log_internal_error("django", exc)
         if exchange.reject is not None:
@@ -110,11 +126,11 @@ class LLMMiddleware:
         side = _response_side(engine, rule, request, response)
         if side is not None:
             try:
-                side = process_response_sync(engine, rule, request.llm, side)
+                side = process_response_sync(engine, rule, _result(request), side)
                 _apply_response(response, side)
             except Exception as exc:
                 log_internal_error("django.response", exc)
-            engine.finish_response(rule, request.llm, request.method or "GET", None)
+            engine.finish_response(rule, _result(request), request.method or "GET", None)
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -124,7 +140,7 @@ class LLMMiddleware:
         engine, rule, exchange, deadline = prepared
         try:
             result = await engine.process_request(rule, exchange, deadline)
-            _apply(request, result, exchange.new_body, exchange.new_query_string)
+            _apply(request, engine, result, exchange.new_body, exchange.new_query_string)
         except Exception as exc:
             log_internal_error("django", exc)
         if exchange.reject is not None:
@@ -138,26 +154,39 @@ class LLMMiddleware:
         side = _response_side(engine, rule, request, response)
         if side is not None:
             try:
-                await engine.process_response(rule, request.llm, side)
+                await engine.process_response(rule, _result(request), side)
                 _apply_response(response, side)
             except Exception as exc:
                 log_internal_error("django.response", exc)
-            engine.finish_response(rule, request.llm, request.method or "GET", None)
+            engine.finish_response(rule, _result(request), request.method or "GET", None)
         return response
 
     def _prepare(
         self, request: HttpRequest
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
-        if "llm" in request.__dict__:  # listed twice in MIDDLEWARE
-            return None
-        request.llm = None  # views read request.llm on every path, matched or not
         try:
-            engine = engine_from_settings.get()
-            rule = engine.router.match(request.method or "GET", request.path_info)
-            if rule is None:
-                return None
+            engine, match, name = engine_from_settings.current()
+            rule = match(request.method or "GET", request.path_info)
+        except Exception as exc:
+            log_internal_error("django", exc)
+            return None
+        attrs = request.__dict__
+        if rule is None:
+            # Views read request.llm on every path, matched or not; a value an earlier
+            # middleware put there is the app's and stays.
+            if name not in attrs:
+                attrs[name] = None
+            return None
+        if _MARK in attrs:  # listed twice in MIDDLEWARE: the outer one ran
+            return None
+        owned = name not in attrs
+        attrs[_MARK] = name if owned else None
+        if owned:
+            attrs[name] = None
+        try:
             deadline = Deadline(rule.budget_s)
-            headers = Headers((k, v) for k, v in request.headers.items() if isinstance(v, str))
+            # Django accepts an integer CONTENT_LENGTH (its own test client sends one).
+            headers = Headers((k, str(v)) for k, v in request.headers.items())
             exchange = RequestExchange(
                 request.method or "GET",
                 request.path_info,
@@ -179,14 +208,17 @@ def _rejected(
     """The rule fails closed (``on_masking_failure="reject"``): answer without the view."""
     status, headers, body = rejection(exchange) or (500, [], b"")
     response = HttpResponse(body, status=status, content_type=headers[0][1])
-    if request.llm is not None:
-        engine.finish_response(rule, request.llm, request.method or "GET", "rejected")
+    result = _result(request)
+    if result is not None:
+        engine.finish_response(rule, result, request.method or "GET", "rejected")
     return response
 
 
 def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> None:
     framed = "transfer-encoding" in exchange.headers
-    if plan_body_read(exchange, request.META.get("CONTENT_LENGTH"), cap, framed=framed) is None:
+    declared = request.META.get("CONTENT_LENGTH")
+    declared = None if declared is None else str(declared)
+    if plan_body_read(exchange, declared, cap, framed=framed) is None:
         return
     try:
         exchange.body = request.body
@@ -197,11 +229,16 @@ def _read_body(request: HttpRequest, exchange: RequestExchange, cap: int) -> Non
         exchange.body_skip_reason = "body_too_large"
 
 
+def _result(request: HttpRequest) -> Any:
+    """Our result for this request (``None`` when the app owns the attribute name)."""
+    return request.__dict__.get(_RESULT)
+
+
 def _response_side(
     engine: Engine, rule: CompiledRule, request: HttpRequest, response: HttpResponseBase
 ) -> ResponseExchange | None:
     """The response as the response interceptors see it, or None (and the reason recorded)."""
-    result = getattr(request, "llm", None)
+    result = _result(request)
     if result is None or result.context is None:
         return None
     method = request.method or "GET"
@@ -235,11 +272,23 @@ def _apply_response(response: HttpResponseBase, side: ResponseExchange) -> None:
 
 
 def _pii_values(request: HttpRequest) -> frozenset[str]:
-    result = getattr(request, "llm", None)
+    result = _result(request)
     return result.pii_values if result is not None else frozenset()
 
 
-def _apply(request: HttpRequest, result: Any, body: bytes | None, query: str | None) -> None:
+def _apply(
+    request: HttpRequest, engine: Engine, result: Any, body: bytes | None, query: str | None
+) -> None:
+    attrs = request.__dict__
+    attrs[_RESULT] = result
+    name = attrs.get(_MARK)
+    if name:
+        attrs[name] = result
+    else:  # the app's own value under that name stays; said once in the log
+        publish_result(attrs, engine.config.result_attr, result, "request")
+    # The engine reads and writes the query string as UTF-8, whatever the body's charset
+    # (which Django would otherwise apply to it: utf-16 garbles it, rot13 raises).
+    get = QueryDict(query, encoding="utf-8") if query is not None else None
     if body is not None:
         # request.body, request.POST and json.loads(request.body) all see the masked bytes.
         request._body = body
@@ -247,9 +296,8 @@ def _apply(request: HttpRequest, result: Any, body: bytes | None, query: str | N
         request._read_started = False
         request.META["CONTENT_LENGTH"] = str(len(body))
         for attr in ("_post", "_files"):
-            if attr in request.__dict__:
+            if attr in attrs:
                 delattr(request, attr)
     if query is not None:
         request.META["QUERY_STRING"] = query
-        request.GET = QueryDict(query, encoding=request.encoding)
-    request.llm = result
+        request.GET = get

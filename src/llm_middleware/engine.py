@@ -240,7 +240,8 @@ class Engine:
 
     def log(self, rule: CompiledRule, method: str, result: LLMResult, stats: CallStats) -> None:
         try:
-            log_request(rule=rule.label, method=method, mode=rule.mode, result=result, stats=stats)
+            log_request(rule=rule.label, method=method, mode=rule.mode, result=result, stats=stats,
+                        cached_sample=self.config.log_cached_sample)  # fmt: skip
         except Exception as exc:
             log_internal_error("log_request", exc)
 

@@ -33,11 +33,14 @@ class LLMMiddleware:
         middleware = LLMWSGIMiddleware(app.wsgi_app, config)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = middleware
-        # g.llm is looked up only when a view asks for it: no per-request hook, so an
-        # unmatched request pays nothing here.
+        # g.llm is looked up only when a view asks for it and the app has not set its own:
+        # no per-request hook (an unmatched request pays nothing), and ``"llm" in g`` /
+        # ``if "llm" not in g: g.llm = ...`` behave as for any name the app owns.
         base = app.app_ctx_globals_class
         app.app_ctx_globals_class = type(  # type: ignore[assignment]
-            f"LLM{base.__name__}", (_LLMGlobals, base), {}
+            f"LLM{base.__name__}",
+            (_LLMGlobals, base),
+            {"_llm_result_attr": middleware.engine.config.result_attr},
         )
 
     def close(self, app: flask.Flask) -> None:
@@ -52,20 +55,21 @@ def _current_result() -> Any:
 
 
 class _LLMGlobals:
-    """Mixed into the app's ``g`` class: ``g.llm`` / ``g.get("llm")`` / ``"llm" in g`` read the
-    request's result unless a view set ``g.llm`` itself (``None`` on unmatched paths)."""
+    """Mixed into the app's ``g`` class. ``g.llm`` falls back to the request's result (``None``
+    on an unmatched path) only while nothing is stored under that name: ``__getattr__`` runs
+    only then, so a value the app sets wins, and ``"llm" in g`` sees only what was really set
+    (``if "llm" not in g: g.llm = ...`` works on every path)."""
 
     __dict__: dict[str, Any]
+    _llm_result_attr = "llm"
 
     def __getattr__(self, name: str) -> Any:
-        if name == "llm":
+        if name == self._llm_result_attr:
             return _current_result()
         return super().__getattr__(name)  # type: ignore[misc]
 
     def get(self, name: str, default: Any = None) -> Any:
-        if name == "llm" and "llm" not in self.__dict__:
-            return _current_result()
+        if name == self._llm_result_attr and name not in self.__dict__:
+            result = _current_result()
+            return default if result is None else result
         return super().get(name, default)  # type: ignore[misc]
-
-    def __contains__(self, item: object) -> bool:
-        return item == "llm" or super().__contains__(item)  # type: ignore[misc]

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 logger: Any = structlog.get_logger("llm_middleware")
 
 
+_cached_skipped = 0  # cache-hit lines not written since the last one that was (approximate)
+
+
 def log_request(
     *,
     rule: str,
@@ -24,15 +27,35 @@ def log_request(
     mode: str,
     result: LLMResult,
     stats: CallStats,
+    cached_sample: float = 1.0,
 ) -> None:
-    failed = any(o not in ("ok", "cached", "skipped", "shadow") for o in result.outcomes.values())
+    """One event per matched request. A request served wholly from cache is logged with
+    probability ``cached_sample`` (deterministically: one line in ``1/cached_sample``, carrying
+    ``sampled`` = how many requests it stands for); anything else that failed or called a
+    provider is always logged."""
+    global _cached_skipped
+    outcomes = result.outcomes
+    failed = False
+    for outcome in outcomes.values():
+        if outcome not in _QUIET_OUTCOMES:
+            failed = True
+            break
+    sampled = 1
+    if not failed and cached_sample < 1.0 and stats.cache_hits and not stats.llm_calls:
+        # No lock: a lost update under threads only shifts which line gets written.
+        skipped = _cached_skipped + 1
+        if cached_sample <= 0.0 or skipped * cached_sample < 1.0:
+            _cached_skipped = skipped
+            return
+        _cached_skipped = 0
+        sampled = skipped
     log = logger.warning if failed else logger.info
     log(
         "llm_middleware.request",
         rule=rule,
         method=method,
         mode=mode,
-        outcomes=dict(result.outcomes),
+        outcomes=dict(outcomes),
         reasons=dict(result.reasons),
         added_ms=round(result.added_ms, 2),
         llm_calls=stats.llm_calls,
@@ -40,10 +63,14 @@ def log_request(
         retries=stats.retries,
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
-        models=sorted(set(stats.models)),
-        prompt_versions=sorted(set(stats.prompt_versions)),
+        models=sorted(set(stats.models)) if stats.models else [],
+        prompt_versions=sorted(set(stats.prompt_versions)) if stats.prompt_versions else [],
         pii=dict(result.pii),
+        sampled=sampled,
     )
+
+
+_QUIET_OUTCOMES = frozenset({"ok", "cached", "skipped", "shadow"})
 
 
 def log_internal_error(where: str, exc: BaseException) -> None:
@@ -55,6 +82,26 @@ def log_internal_error(where: str, exc: BaseException) -> None:
     logger.error(
         "llm_middleware.internal_error", where=where, error=type(exc).__name__, location=location
     )
+
+
+_name_clashes: set[tuple[str, str]] = set()
+
+
+def publish_result(namespace: MutableMapping[str, Any], name: str, result: Any, where: str) -> bool:
+    """Put the result under ``name`` unless the app already holds a value there: the app's
+    value is kept and the clash logged once per place and name. Returns whether it was put."""
+    if name in namespace:
+        if (where, name) not in _name_clashes:
+            _name_clashes.add((where, name))
+            logger.warning(
+                "llm_middleware.result_name_taken",
+                where=where,
+                name=name,
+                hint="the app's value is kept; set result_attr to another name",
+            )
+        return False
+    namespace[name] = result
+    return True
 
 
 def server_timing(result: LLMResult) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -71,6 +71,23 @@ class Router(Generic[T]):
                 self._patterns.append((index, compiled, methods, target))
         # One combined regex rejects an unmatched path in a single C-level call.
         self._any = _combine([regex for _, regex, _, _ in self._patterns])
+
+    def matcher(self) -> Callable[[str, str], T | None]:
+        """The fastest ``match`` for these rules: without pattern rules, one dict lookup."""
+        if self._patterns:
+            return self.match
+        exact_get = self._exact.get
+
+        def match_exact(method: str, path: str) -> T | None:
+            entries = exact_get(path)
+            if entries is None:
+                return None
+            for _, methods, target in entries:
+                if methods is None or method in methods:
+                    return target
+            return None
+
+        return match_exact
 
     def match(self, method: str, path: str) -> T | None:
         best_index = 1 << 30

@@ -25,13 +25,15 @@ class LLMWSGIMiddleware:
     def __init__(self, app: WSGIApp, /, config: Any = None, **config_kwargs: Any) -> None:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
-        self._match = self.engine.router.match
+        self._match = self.engine.router.matcher()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if RESULT_KEY in environ:  # wrapped twice: the outer instance already handled it
-            return self.app(environ, start_response)
-        rule = self._match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
-        if rule is None:
+        # The unmatched path is the hot one: one lookup, nothing else.
+        path = environ.get("PATH_INFO") or "/"
+        rule = self._match(
+            environ.get("REQUEST_METHOD", "GET"), path if path.isascii() else route_path(environ)
+        )
+        if rule is None or RESULT_KEY in environ:  # (set: wrapped twice, the outer one ran)
             return self.app(environ, start_response)
         try:
             self._before(rule, environ)
@@ -48,7 +50,12 @@ class LLMWSGIMiddleware:
             if result is None or result.context is None or not rule.needs_response:
                 return self.app(environ, start_response)
             side = _ResponseSide(self.engine, rule, result, environ, start_response)
-            return side.run(self.app)
+            try:
+                return side.run(self.app)
+            except BaseException:
+                # Whatever the app raised, the request is logged once (the error is the app's).
+                self.engine.finish_response(rule, result, side.method, "app_error")
+                raise
         finally:
             reset_request_pii(token)
 
@@ -103,27 +110,105 @@ def environ_headers(environ: dict[str, Any]) -> Headers:
 
 
 def read_body(exchange: RequestExchange, environ: dict[str, Any], cap: int) -> None:
-    """Read ``wsgi.input`` when it is small and known-length, and put a fresh stream back."""
+    """Read ``wsgi.input`` when it is small and known-length, and leave the app the stream it
+    would have had: the server's own object, sought back, where it is seekable; otherwise one
+    that replays the same bytes (and the same short read or error) and then goes on reading
+    the server's stream. ``CONTENT_LENGTH`` is never changed here."""
     framed = "transfer-encoding" in exchange.headers or bool(environ.get("wsgi.input_terminated"))
     length = plan_body_read(exchange, environ.get("CONTENT_LENGTH"), cap, framed=framed)
     if length is None:
         return
     stream = environ["wsgi.input"]
+    start = _tell(stream)
     chunks: list[bytes] = []
     remaining = length
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
+    error: Exception | None = None
+    try:
+        while remaining > 0:
+            chunk = stream.read(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except Exception as exc:  # the server's own (a reset upload): the app gets it too
+        error = exc
     body = b"".join(chunks)
-    environ["wsgi.input"] = io.BytesIO(body)
-    if remaining:
-        environ["CONTENT_LENGTH"] = str(len(body))
+    if start is None or error is not None or not _seek(stream, start):
+        environ["wsgi.input"] = _Replay(body, stream, error)
+    if remaining or error is not None:
         exchange.body_skip_reason = "client_disconnected"
         return
     exchange.body = body
+
+
+def _tell(stream: Any) -> int | None:
+    try:
+        if stream.seekable():
+            position: int = stream.tell()
+            return position
+    except Exception:  # no seekable()/tell(), or a socket file that refuses: replay instead
+        pass
+    return None
+
+
+def _seek(stream: Any, position: int) -> bool:
+    try:
+        stream.seek(position)
+    except Exception:
+        return False
+    return True
+
+
+class _Replay:
+    """``wsgi.input`` as the app would have had it: the bytes we read, then the server's
+    stream as it is (its short read, its error, raised where the app would have met it)."""
+
+    def __init__(self, head: bytes, rest: Any, error: Exception | None) -> None:
+        self._head = head
+        self._rest = rest
+        self._error = error
+
+    def _more(self, size: int) -> bytes:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        data: bytes = self._rest.read() if size < 0 else self._rest.read(size)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            head, self._head = self._head, b""
+            if head and self._error is not None:
+                return head  # the error comes with the next read
+            return head + self._more(-1)
+        head, self._head = self._head[:size], self._head[size:]
+        if len(head) == size or (head and self._error is not None):
+            return head
+        return head + self._more(size - len(head))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if self._head:
+            limit = len(self._head) if size is None or size < 0 else min(size, len(self._head))
+            end = self._head.find(b"\n", 0, limit)
+            cut = limit if end < 0 else end + 1
+            line, self._head = self._head[:cut], self._head[cut:]
+            return line
+        if self._error is not None:
+            return self._more(0)
+        rest: bytes = (
+            self._rest.readline() if size is None or size < 0 else self._rest.readline(size)
+        )
+        return rest
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def close(self) -> None:
+        pass  # the server's stream is the server's to close
 
 
 class _ResponseSide:
@@ -149,6 +234,7 @@ class _ResponseSide:
     def _start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         if exc_info is not None or self.status is not None:
             self.held = False
+            self.engine.finish_response(self.rule, self.result, self.method, "app_error")
             return self.start_response(status, headers, exc_info)
         self.status, self.headers = status, headers
         head = Headers(headers)
@@ -183,6 +269,8 @@ class _ResponseSide:
                 _close(iterable)
                 raise
             if not self.held:
+                if self.status is None:  # it never started a response: nothing to enrich
+                    self.engine.finish_response(self.rule, self.result, self.method, "no_response")
                 return _Chained([first], iterator, iterable)
             chunks, rest = [first], iterator
         else:
