@@ -32,8 +32,10 @@ EMAIL = "jane.doe@example.com"
 
 
 def masking(path: str = "re:.*", **extra: Any) -> dict[str, Any]:
-    """A masking-only rule: needs no provider, so nothing here waits on a network."""
-    return {"rules": [{"path": path, "interceptors": [{"type": "pii_masking"}]}], **extra}
+    """A masking-only rule that masks for the app too (so a test can see that it ran): needs
+    no provider, so nothing here waits on a network."""
+    masker = {"type": "pii_masking", "mask_for": ["providers", "app"]}
+    return {"rules": [{"path": path, "interceptors": [masker]}], **extra}
 
 
 def request_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
