@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from .phones import find_phones
+
 __all__ = [
     "BUILTIN_ENTITIES",
     "Detector",
@@ -109,17 +111,11 @@ def _find_emails(text: str) -> Iterator[Finding]:
 # (phones). No match starts right after a word character, ".", "+" or "-", nor a digit right
 # after "::" or "<digit>:" (the end of an IPv6 address or a time: "::1 415-555-0132").
 _SYMBOL_LED_SHAPES = (
-    r"(?<=\+)(?P<intl_phone>"
-    r"\d{8,15}|[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\)[ .-]?\d{1,8}|[ .-]\d{1,8})(?:[ .-]\d{2,8}){0,6})"
-    r"(?![\w]|[.-]\d)",
-    r"(?<=\()(?P<paren_phone>\d{3}\) ?\d{3}[ .-]\d{4})(?![\w-]|\.\d)",
     r"(?<=[A-Z])(?P<iban>[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])",
 )
 _DIGIT_LED_SHAPES = (
     r"(?P<ipv4>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)",
     r"(?P<ssn>\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4})(?![\w]|-\d)",
-    r"(?P<phone>(?:(?<=1)[ .-]?(?:\(\d{3}\) ?|\d{3}[ .-])|\d\d[ .-])\d{3}[ .-]\d{4})"
-    r"(?![\w-]|\.\d)",
     # Any 13+ digits with single space/dash separators; _find_cards_in_run sorts it out.
     r"(?P<card>(?:[ -]?\d){12,})(?![\w]|\.\d)",
     r"(?P<bare9>\d{8})(?![\w]|-\d)",
@@ -128,7 +124,7 @@ _DIGIT_LED_SHAPES = (
 
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
     return re.compile(
-        r"[0-9(A-Z+](?<![\w.+-][0-9A-Z(+])"
+        r"[0-9A-Z](?<![\w.+-][0-9A-Z])"
         rf"(?:{'|'.join(_SYMBOL_LED_SHAPES)}|(?<=\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
@@ -137,16 +133,6 @@ def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
 _NUMERIC = _numeric_pattern(_DIGIT_LED_SHAPES)
 # For what a card run holds besides its cards ("4111 1111 1111 1111 536-22-1234").
 _NUMERIC_NO_CARD = _numeric_pattern(s for s in _DIGIT_LED_SHAPES if "<card>" not in s)
-
-
-def _nanp_valid(national: str) -> bool:
-    return (
-        len(national) == 10
-        and national[0] >= "2"
-        and national[1:3] != "11"
-        and national[3] >= "2"
-        and national[4:6] != "11"
-    )
 
 
 def _ipv4_valid(candidate: str) -> bool:
@@ -321,52 +307,6 @@ def _iban_end(text: str, start: int, end: int) -> int | None:
     return end if _iban_checksum_valid(compact) else None
 
 
-# -- international phones
-
-_PHONE_LAST_GROUP = re.compile(r"[ .-][0-9]+$")
-_CC_ONE = frozenset("17")
-_CC_TWO = frozenset(map(str, (
-    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
-    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
-)))  # fmt: skip
-# Every other assigned calling code has three digits and starts with one of these.
-_CC_THREE_PREFIXES = frozenset(map(str, (
-    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
-)))  # fmt: skip
-
-
-def _calling_code(digits: str) -> str | None:
-    if digits[0] in _CC_ONE:
-        return digits[0]
-    if digits[:2] in _CC_TWO:
-        return digits[:2]
-    if digits[:2] in _CC_THREE_PREFIXES:
-        return digits[:3]
-    return None
-
-
-def _intl_phone_valid(candidate: str) -> bool:
-    digits = _NON_DIGITS.sub("", candidate.replace("(0)", ""))
-    if not 8 <= len(digits) <= 15:
-        return False
-    code = _calling_code(digits)
-    if code is None:
-        return False
-    national = digits[len(code) :]
-    return _nanp_valid(national) if code == "1" else len(national) >= 6
-
-
-def _intl_phone_end(text: str, start: int, end: int) -> int | None:
-    # A trailing group may be an unrelated number ("call +1 415 555 0132 24/7").
-    candidate = text[start:end]
-    while not _intl_phone_valid(candidate):
-        tail = _PHONE_LAST_GROUP.search(candidate)
-        if tail is None:
-            return None
-        candidate = candidate[: tail.start()]
-    return start + len(candidate)
-
-
 def _find_numeric(
     text: str, pos: int = 0, endpos: int | None = None, pattern: re.Pattern[str] = _NUMERIC
 ) -> Iterator[Finding]:
@@ -396,13 +336,6 @@ def _find_numeric(
             else:
                 yield Finding("IBAN_CODE", start, iban_end, text[start:iban_end], 0.95)
                 pos = iban_end
-        elif kind == "intl_phone":
-            phone_end = _intl_phone_end(text, start, pos)
-            if phone_end is None:
-                pos = start + 1
-            else:
-                yield Finding("PHONE_NUMBER", start, phone_end, text[start:phone_end], 0.75)
-                pos = phone_end
         elif kind == "ipv4":
             if _ipv4_valid(value := m.group()):
                 yield Finding("IP_ADDRESS", start, pos, value, 0.8)
@@ -410,12 +343,16 @@ def _find_numeric(
             value = m.group()
             if _ssn_valid(value.replace(value[3], "")):
                 yield Finding("US_SSN", start, pos, value, 0.85 if value[3] == "-" else 0.6)
-        elif kind == "phone" or kind == "paren_phone":
-            value = m.group()
-            if _nanp_valid(_NON_DIGITS.sub("", value)[-10:]):
-                yield Finding("PHONE_NUMBER", start, pos, value, 0.7)
         elif _ssn_valid(value := m.group()) and _ssn_context_near(text, start):
             yield Finding("US_SSN", start, pos, value, 0.7)
+
+
+# --------------------------------------------------------------------------- PHONE_NUMBER
+
+
+def _find_phones(text: str) -> Iterator[Finding]:
+    for start, end in find_phones(text):
+        yield Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
 
 
 # --------------------------------------------------------------------------- IPv6
@@ -523,9 +460,10 @@ def _find_secrets(text: str) -> list[Finding]:
 _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
     Detector(
-        frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
+        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
         _find_numeric,
     ),
+    Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
     Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
     Detector(frozenset({"SECRET"}), _find_secrets),
 )
@@ -593,7 +531,25 @@ def unregister_detector(name: str) -> None:
 # --------------------------------------------------------------------------- PIIDetector
 
 
+def _resolve_cluster(cluster: list[Finding], kept: list[Finding]) -> None:
+    """Greedy by priority: higher score first, then the longer span, then the earlier one."""
+    if len(cluster) == 1:
+        kept.append(cluster[0])
+        return
+    chosen: list[Finding] = []
+    starts: list[int] = []
+    for f in sorted(cluster, key=lambda f: (-f.score, f.start - f.end, f.start)):
+        i = bisect.bisect_right(starts, f.start)
+        if (i and chosen[i - 1].end > f.start) or (i < len(chosen) and chosen[i].start < f.end):
+            continue
+        starts.insert(i, f.start)
+        chosen.insert(i, f)
+    kept.extend(chosen)
+
+
 def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
+    # Linear apart from the sort: findings are cut into clusters of transitively overlapping
+    # spans, and only a cluster (a handful of findings in practice) is resolved greedily.
     found.sort(key=_START)
     end = -1
     for f in found:
@@ -602,15 +558,16 @@ def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
         end = f.end
     else:
         return found
-    # Greedy by priority: higher score first, then the longer span, then the earlier one.
     kept: list[Finding] = []
-    starts: list[int] = []
-    for f in sorted(found, key=lambda f: (-f.score, f.start - f.end, f.start)):
-        i = bisect.bisect_right(starts, f.start)
-        if (i and kept[i - 1].end > f.start) or (i < len(kept) and kept[i].start < f.end):
-            continue
-        starts.insert(i, f.start)
-        kept.insert(i, f)
+    cluster: list[Finding] = []
+    end = -1
+    for f in found:
+        if f.start >= end and cluster:
+            _resolve_cluster(cluster, kept)
+            cluster = []
+        cluster.append(f)
+        end = max(end, f.end)
+    _resolve_cluster(cluster, kept)
     return kept
 
 

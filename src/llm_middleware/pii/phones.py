@@ -1,0 +1,190 @@
+"""Phone numbers: one regex proposes digit runs, structural rules in Python accept them.
+
+International numbers (``+``, ``(+41)``, ``00``/``011`` prefixes) are checked against the
+assigned country calling codes and, for ``+1``, the NANP rules. National numbers are written
+in too many ways to enumerate per region (``0775 2212 211``, ``(020) 8231 7777``,
+``09-7625400``, ``090-1234-5678``, ``11 1234-5678``, ``06 12 34 56 78``...), so the rules are
+about shape instead: 7 to 13 digits in groups, and none of the shapes that numbers other than
+phones take (dates, IPv4 addresses, SSNs, ZIP+4 codes, thousands, years). A run of digits
+without separators (``0743544311``) is only a phone after a phone word ("phone", "tel",
+"call", "móvil"...) shortly before it, since order numbers and epochs look the same.
+
+``phonenumbers`` (libphonenumber's metadata) was measured as the validator of these candidates
+and left out: see the README's PII section.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+__all__ = ["calling_code", "find_phones", "intl_phone_valid", "nanp_valid"]
+
+_NON_DIGITS = re.compile(r"[^0-9]+")
+
+# A digit run with separators: spaces (also non-breaking), ".", "-", "/", parentheses. The
+# first character is tested before the look-behind so the engine skips ahead quickly.
+_SEP = r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2}\(?|\)[ \u00a0]{0,2}|\()"
+_CANDIDATE = re.compile(
+    r"[+(0-9](?<![\w.+/(-][+(0-9])(?<![\w.,][+(]\d)"
+    rf"(?:\(\+|\+[ \u00a0]?|\()?\d++(?:{_SEP}(?=\d)\d++)*+\)?"
+    r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
+)
+_GLUED_AFTER = re.compile(r"[\w]|[.,/-]\d")
+_CURRENCY = frozenset("$€£¥₹")
+_MAX_CANDIDATE = 40
+
+# Phone words (several languages), up to 40 characters before a digit run without separators.
+_CONTEXT = re.compile(
+    r"(?:phone|tel\b|tel[eé]|t[eé]l\.|tlf|tf\.|\bcall|\bmobile?|\bcell|\bfax|\bdial|whats\s?app"
+    r"|\bsms\b|\bm[oó]vil|\bllam|\bportable|\bhandy|\bruf|\bappel|numbers|n[uúùü]meros"
+    r"|num[eé]ros|numeri|nummern|contact|reach)",
+    re.IGNORECASE,
+)
+_CONTEXT_WINDOW = 40
+
+_DATE = re.compile(
+    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d)"
+)
+_YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
+_THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
+_SSN_SHAPE = re.compile(r"\d{3}([ -])\d\d\1\d{4}")
+_ZIP4 = re.compile(r"\d{5}-\d{4}")
+_LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
+
+_CC_ONE = frozenset("17")
+_CC_TWO = frozenset(map(str, (
+    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
+    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+)))  # fmt: skip
+# Every other assigned calling code has three digits and starts with one of these.
+_CC_THREE_PREFIXES = frozenset(map(str, (
+    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
+)))  # fmt: skip
+
+
+def nanp_valid(national: str) -> bool:
+    return (
+        len(national) == 10
+        and national[0] >= "2"
+        and national[1:3] != "11"
+        and national[3] >= "2"
+        and national[4:6] != "11"
+    )
+
+
+def calling_code(digits: str) -> str | None:
+    if digits[0] in _CC_ONE:
+        return digits[0]
+    if digits[:2] in _CC_TWO:
+        return digits[:2]
+    if digits[:2] in _CC_THREE_PREFIXES:
+        return digits[:3]
+    return None
+
+
+def intl_phone_valid(digits: str) -> bool:
+    """``digits``: the number after ``+``, trunk ``(0)`` removed."""
+    if not 8 <= len(digits) <= 15:
+        return False
+    code = calling_code(digits)
+    if code is None:
+        return False
+    national = digits[len(code) :]
+    if code == "1":
+        # Fictional 555 numbers and 1xx exchanges are still someone's way to write a phone.
+        return len(national) == 10 and national[0] >= "2"
+    return len(national) >= 6
+
+
+def _context_before(text: str, start: int) -> bool:
+    lowest = max(0, start - _CONTEXT_WINDOW)
+    window = text[lowest:start]
+    cut = window.rfind("\n")
+    return _CONTEXT.search(window, cut + 1) is not None
+
+
+def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
+    n = len(digits)
+    if not 7 <= n <= 13:
+        return False
+    grouped = not digits == value
+    if not grouped:
+        return n <= 12 and _context_before(text, start)
+    if (
+        _DATE.match(value)
+        or _YEAR_LED.match(value)
+        or _SSN_SHAPE.fullmatch(value)
+        or _ZIP4.fullmatch(value)
+        or _THOUSANDS.fullmatch(value)
+        and not _context_before(text, start)
+    ):
+        return False
+    dotted = value.split(".")
+    if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
+        return False  # an IPv4 address, valid or not
+    if n <= 8:
+        return _LOCAL_7.fullmatch(value) is not None or _context_before(text, start)
+    return True
+
+
+def _intl_digits(value: str) -> str | None:
+    """The digits after an international prefix, or None when there is none."""
+    head = value.lstrip("(")
+    if head.startswith("+"):
+        return _NON_DIGITS.sub("", value.replace("(0)", ""))
+    digits = _NON_DIGITS.sub("", value)
+    if digits.startswith("011") and not value.startswith("("):
+        return digits[3:]
+    if digits.startswith("00") and digits[2:3] != "0":
+        return digits[2:]
+    return None
+
+
+_LAST_GROUP = re.compile(r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2})\(?\d+\)?$")
+
+
+def _phone_end(text: str, start: int, value: str) -> int | None:
+    """End of the phone at the start of ``value`` (trailing groups may be another number)."""
+    while True:
+        intl = _intl_digits(value)
+        if intl is not None:
+            if intl_phone_valid(intl):
+                return start + len(value)
+        else:
+            digits = _NON_DIGITS.sub("", value)
+            if len(digits) > 1 and _national_valid(value, digits, text, start):
+                return start + len(value)
+            if len(digits) <= 13:
+                return None
+        tail = _LAST_GROUP.search(value)
+        if tail is None or not tail.start():
+            return None
+        value = value[: tail.start()]
+
+
+def find_phones(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of phone numbers in ``text``."""
+    for m in _CANDIDATE.finditer(text):
+        start, end = m.span()
+        if start and text[start - 1] in _CURRENCY:
+            continue
+        value = m.group()
+        if len(value) > _MAX_CANDIDATE:
+            continue  # a long run of digit groups is a table or a dump, not a phone
+        ext = m.start("ext")
+        if ext != -1:
+            value = value[: ext - start]
+        elif _GLUED_AFTER.match(text, end):
+            continue
+        if value.count(")") > value.count("("):
+            value = value.rstrip(")")
+        elif value[0] == "(" and value.find(")") == len(value) - 1 and value[1] != "+":
+            start += 1  # "(020 8231 7777)": the number inside the parentheses
+            value = value[1:-1]
+        phone_end = _phone_end(text, start, value)
+        if phone_end is None:
+            continue
+        if ext != -1 and phone_end == start + len(value):
+            phone_end = end
+        yield start, phone_end
