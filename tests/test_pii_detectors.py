@@ -73,8 +73,7 @@ def test_phone_found(value: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "123-456-7890",  # area code cannot start with 1
-        "415-155-0132",  # nor the exchange
+        "123-456-7890",  # a placeholder, and the area code cannot start with 1
         "+1 115 555 0132",
         "+28 1234 5678",  # unassigned calling code
         "+44 12",  # too short
@@ -175,19 +174,26 @@ def test_ssn_found(value: str) -> None:
     "value",
     [
         "000-12-3456",
-        "666-12-3456",
-        "900-12-3456",
-        "999-12-3456",
         "536-00-1234",
         "536-22-0000",
-        "123-45-6789",
-        "078-05-1120",
-        "111-11-1111",
         "536-22 1234",
     ],
 )
 def test_ssn_rejected(value: str) -> None:
     assert only("US_SSN", f"SSN {value}") == []
+
+
+@pytest.mark.parametrize("value", ["666-12-3456", "900-12-3456", "999-12-3456", "111-11-1111"])
+def test_ssn_unissued_areas_only_after_an_ssn_word(value: str) -> None:
+    assert only("US_SSN", f"ref {value}") == []
+    assert only("US_SSN", f"SSN {value}") == [value]
+    assert only("US_SSN", f"Social Security: {value}") == [value]
+
+
+@pytest.mark.parametrize("value", ["123-45-6789", "078-05-1120"])
+def test_ssn_well_known_examples_are_masked(value: str) -> None:
+    # Someone typing the example value in a form means an SSN goes there.
+    assert only("US_SSN", f"my number is {value}") == [value]
 
 
 def test_bare_ssn_needs_context() -> None:

@@ -110,22 +110,25 @@ def _find_emails(text: str) -> Iterator[Finding]:
 # One regex, one scan, for every shape that starts with a digit, a capital (IBAN), "(" or "+"
 # (phones). No match starts right after a word character, ".", "+" or "-", nor a digit right
 # after "::" or "<digit>:" (the end of an IPv6 address or a time: "::1 415-555-0132").
-_SYMBOL_LED_SHAPES = (
-    r"(?<=[A-Z])(?P<iban>[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])",
+# An IBAN is found at its check digits (the scan only stops at digits), its country code
+# being the two capitals before them.
+_IBAN_SHAPE = (
+    r"(?<=[A-Z][A-Z]\d)(?<![\w.+-][A-Z][A-Z]\d)"
+    r"(?P<iban>\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"
 )
 _DIGIT_LED_SHAPES = (
     r"(?P<ipv4>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)",
-    r"(?P<ssn>\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4})(?![\w]|-\d)",
+    r"(?P<ssn>\d\d(?P<sep>[- .])\d\d(?P=sep)\d{4})(?![\w]|[.-]\d)",
     # Any 13+ digits with single space/dash separators; _find_cards_in_run sorts it out.
-    r"(?P<card>(?:[ -]?\d){12,})(?![\w]|\.\d)",
+    r"(?P<card>(?:(?:[ -]{1,2}|[./])?\d){12,})(?![\w]|\.\d)",
     r"(?P<bare9>\d{8})(?![\w]|-\d)",
 )
 
 
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
     return re.compile(
-        r"[0-9A-Z](?<![\w.+-][0-9A-Z])"
-        rf"(?:{'|'.join(_SYMBOL_LED_SHAPES)}|(?<=\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
+        r"[0-9](?:"
+        rf"{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
 
@@ -145,10 +148,9 @@ def _ipv4_valid(candidate: str) -> bool:
 
 # -- US_SSN
 
-_SSN_CONTEXT = re.compile(r"\b(?:ssn|ss#|social\s+security)", re.IGNORECASE)
+_SSN_CONTEXT = re.compile(r"\b(?:ssns?\b|ss#|social\s+security|itin\b)", re.IGNORECASE)
 _SSN_CONTEXT_WINDOW = 30
 _SENTENCE_BREAK = re.compile(r"[.!?]\s+[A-Z]|\n")
-_SSN_FAKES = frozenset({"123456789", "078051120"})
 
 
 def _ssn_valid(digits: str) -> bool:
@@ -159,9 +161,13 @@ def _ssn_valid(digits: str) -> bool:
         and area[0] != "9"
         and digits[3:5] != "00"
         and digits[5:] != "0000"
-        and digits not in _SSN_FAKES
         and digits.count(digits[0]) != 9
     )
+
+
+def _ssn_plausible(digits: str) -> bool:
+    # After "SSN:": any area but 000, also 9xx (ITINs) and "111-11-1111"-style examples.
+    return digits[:3] != "000" and digits[3:5] != "00" and digits[5:] != "0000"
 
 
 def _ssn_context_near(text: str, start: int) -> bool:
@@ -177,7 +183,6 @@ def _ssn_context_near(text: str, start: int) -> bool:
 # -- CREDIT_CARD
 
 _LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of 2 * digit
-_CARD_SEPARATOR = re.compile(r"[ -]")
 
 
 def _luhn_valid(digits: str) -> bool:
@@ -186,79 +191,91 @@ def _luhn_valid(digits: str) -> bool:
 
 
 def _card_brand_valid(digits: str) -> bool:
-    # Prefixes of equal length compare as strings exactly as they would as numbers.
+    # Issuer identification numbers (ISO/IEC 7812 ranges in use); prefixes of equal length
+    # compare as strings exactly as they would as numbers.
     n = len(digits)
     first = digits[0]
     if first == "4":  # Visa
         return n == 16 or n == 13 or n == 19
-    if first == "5":  # Mastercard
-        return "1" <= digits[1] <= "5" and n == 16
-    if first == "2":  # Mastercard 2-series
-        return "2221" <= digits[:4] <= "2720" and n == 16
+    if first == "5":  # Mastercard 51-55; Maestro 50, 56-59; Dankort 5019
+        if "1" <= digits[1] <= "5":
+            return n == 16
+        return 12 <= n <= 19
+    if first == "2":
+        four = digits[:4]
+        if "2221" <= four <= "2720":  # Mastercard 2-series
+            return n == 16
+        if "2200" <= four <= "2204":  # Mir
+            return 16 <= n <= 19
+        return four == "2131" and n == 15  # JCB
     if first == "3":
         two = digits[:2]
         if two == "34" or two == "37":  # Amex
             return n == 15
-        if two == "36" or two == "38" or "300" <= digits[:3] <= "305":  # Diners
+        if two == "36" or two == "38" or two == "39" or "300" <= digits[:3] <= "305":  # Diners
             return 14 <= n <= 19
-        return "3528" <= digits[:4] <= "3589" and 16 <= n <= 19  # JCB
-    if first == "6":  # Discover (6011, 644-649, 65), UnionPay (62)
-        return (
-            digits[1] == "2" or "644" <= digits[:3] <= "659" or digits[:4] == "6011"
-        ) and 16 <= n <= 19
+        return "3528" <= digits[:4] <= "3589" and 15 <= n <= 19  # JCB
+    if first == "6":  # Maestro 6x, Discover, UnionPay, RuPay, Troy, InstaPayment
+        return 12 <= n <= 19
+    if first == "1":  # UATP (15 digits), JCB 1800
+        return n == 15
+    if first == "8":  # RuPay 81, 82; UnionPay 81
+        return (digits[1] == "1" or digits[1] == "2") and n == 16
+    if first == "9":  # Troy 9792
+        return digits[:4] == "9792" and n == 16
     return False
 
 
+_CARD_GROUPS = re.compile(r"[0-9]+")
+
+
 def _card_valid(value: str) -> bool:
-    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind.
+    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind
+    # (" ", "-", ".", "/", two spaces).
     if value.isdigit():
         digits = value
     else:
-        sep = value[4:5]
-        if sep != " " and sep != "-":
-            return False
-        groups = value.split(sep)
-        digits = "".join(groups)
-        if not digits.isdigit() or len(groups[-1]) > 6:
+        groups = _CARD_GROUPS.findall(value)
+        sep = value[len(groups[0]) : value.index(groups[1], len(groups[0]))]
+        if sep.join(groups) != value or len(groups[-1]) > 6 or len(groups[0]) != 4:
             return False
         for group in groups[1:-1]:
             if not 4 <= len(group) <= 6:
                 return False
+        digits = "".join(groups)
     return 13 <= len(digits) <= 19 and _card_brand_valid(digits) and _luhn_valid(digits)
 
 
 def _find_cards_in_run(text: str, run_start: int, run_end: int) -> Iterator[Finding]:
-    # The run is any 13+ digits with single space/dash separators. Try it whole, then windows
-    # of whole groups, longest first, so "ref 12 4111 1111 1111 1111" still finds the card.
+    # The run is any 13+ digits with short separators. Try it whole, then windows of whole
+    # groups, longest first, so "ref 12 4111 1111 1111 1111" still finds the card.
     run = text[run_start:run_end]
     if _card_valid(run):
         yield Finding("CREDIT_CARD", run_start, run_end, run, 0.9)
         return
-    groups = _CARD_SEPARATOR.split(run)
-    starts = [0]
-    for group in groups[:-1]:
-        starts.append(starts[-1] + len(group) + 1)
+    spans = [m.span() for m in _CARD_GROUPS.finditer(run)]
     i = 0
-    while i < len(groups):
+    while i < len(spans):
         # Every card is written as one block or starts with a group of four.
-        if len(groups[i]) != 4 and not 13 <= len(groups[i]) <= 19:
+        first = spans[i][1] - spans[i][0]
+        if first != 4 and not 13 <= first <= 19:
             i += 1
             continue
         hit = None
         j = i
         size = 0
-        while j < len(groups) and size + len(groups[j]) <= 19:
-            size += len(groups[j])
+        while j < len(spans) and size + spans[j][1] - spans[j][0] <= 19:
+            size += spans[j][1] - spans[j][0]
             j += 1
         while j > i and size >= 13:
-            window = run[starts[i] : starts[j - 1] + len(groups[j - 1])]
+            window = run[spans[i][0] : spans[j - 1][1]]
             if _card_valid(window):
-                start = run_start + starts[i]
+                start = run_start + spans[i][0]
                 yield Finding("CREDIT_CARD", start, start + len(window), window, 0.9)
                 hit = j
                 break
             j -= 1
-            size -= len(groups[j])
+            size -= spans[j][1] - spans[j][0]
         i = hit if hit is not None else i + 1
 
 
@@ -330,9 +347,10 @@ def _find_numeric(
             else:
                 pos = covered
         elif kind == "iban":
+            start -= 2
             iban_end = _iban_end(text, start, pos)
             if iban_end is None:
-                pos = start + 2
+                pos = start + 3
             else:
                 yield Finding("IBAN_CODE", start, iban_end, text[start:iban_end], 0.95)
                 pos = iban_end
@@ -341,8 +359,18 @@ def _find_numeric(
                 yield Finding("IP_ADDRESS", start, pos, value, 0.8)
         elif kind == "ssn":
             value = m.group()
-            if _ssn_valid(value.replace(value[3], "")):
-                yield Finding("US_SSN", start, pos, value, 0.85 if value[3] == "-" else 0.6)
+            sep = value[3]
+            ssn_digits = value.replace(sep, "")
+            # Dots only after an SSN word; a word also vouches for 9xx areas and repeated
+            # digits. Well-known example values ("123-45-6789") are masked like real ones.
+            if sep == "-" and _ssn_valid(ssn_digits):
+                yield Finding("US_SSN", start, pos, value, 0.85)
+            elif _ssn_context_near(text, start) and (
+                _ssn_valid(ssn_digits) or _ssn_plausible(ssn_digits)
+            ):
+                yield Finding("US_SSN", start, pos, value, 0.85)
+            elif sep == " " and _ssn_valid(ssn_digits):
+                yield Finding("US_SSN", start, pos, value, 0.6)
         elif _ssn_valid(value := m.group()) and _ssn_context_near(text, start):
             yield Finding("US_SSN", start, pos, value, 0.7)
 

@@ -27,10 +27,11 @@ _NON_DIGITS = re.compile(r"[^0-9]+")
 _SEP = r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2}\(?|\)[ \u00a0]{0,2}|\()"
 _CANDIDATE = re.compile(
     r"[+(0-9](?<![\w.+/(-][+(0-9])(?<![\w.,][+(]\d)"
-    rf"(?:\(\+|\+[ \u00a0]?|\()?\d++(?:{_SEP}(?=\d)\d++)*+\)?"
+    r"(?:(?<=\d)\d*+|(?<=\()\+?[ \u00a0]?\d++|(?<=\+)[ \u00a0]?\d++)"
+    rf"(?:{_SEP}(?=\d)\d++)*+\)?"
     r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
 )
-_GLUED_AFTER = re.compile(r"[\w]|[.,/-]\d")
+_GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
 _CURRENCY = frozenset("$€£¥₹")
 _MAX_CANDIDATE = 40
 
@@ -50,6 +51,8 @@ _YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
 _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
 _SSN_SHAPE = re.compile(r"\d{3}([ -])\d\d\1\d{4}")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
+# ISBN-like (a single digit last), SSN-like with a longer last group.
+_NOT_PHONE = re.compile(r".*[ ./-]\d|\d{3}([ -])\d\d\1\d+")
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
 _CC_ONE = frozenset("17")
@@ -108,14 +111,17 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
     if not 7 <= n <= 13:
         return False
+    if digits.startswith("12345678") and value[0] != "(":
+        return False  # a placeholder ("123456789", "1234 5678 90"), not a number to protect
     grouped = not digits == value
     if not grouped:
-        return n <= 12 and _context_before(text, start)
+        return n <= 11 and _context_before(text, start)
     if (
         _DATE.match(value)
         or _YEAR_LED.match(value)
         or _SSN_SHAPE.fullmatch(value)
         or _ZIP4.fullmatch(value)
+        or _NOT_PHONE.fullmatch(value)
         or _THOUSANDS.fullmatch(value)
         and not _context_before(text, start)
     ):
@@ -155,8 +161,7 @@ def _phone_end(text: str, start: int, value: str) -> int | None:
             digits = _NON_DIGITS.sub("", value)
             if len(digits) > 1 and _national_valid(value, digits, text, start):
                 return start + len(value)
-            if len(digits) <= 13:
-                return None
+            return None  # "4567-8901-2345-6789" is no phone followed by a number
         tail = _LAST_GROUP.search(value)
         if tail is None or not tail.start():
             return None
