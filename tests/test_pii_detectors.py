@@ -165,7 +165,7 @@ def test_failed_iban_candidate_still_scanned_for_cards() -> None:
     assert found("AB12 4111 1111 1111 1111") == [("CREDIT_CARD", "4111 1111 1111 1111")]
 
 
-@pytest.mark.parametrize("value", ["536-22-1234", "536 22 1234", "001-01-0001", "899-99-9999"])
+@pytest.mark.parametrize("value", ["536-22-1234", "001-01-0001", "899-99-9999"])
 def test_ssn_found(value: str) -> None:
     assert found(f"My number is {value}.") == [("US_SSN", value)]
 
@@ -174,6 +174,7 @@ def test_ssn_found(value: str) -> None:
     "value",
     [
         "000-12-3456",
+        "666-12-3456",
         "536-00-1234",
         "536-22-0000",
         "536-22 1234",
@@ -183,7 +184,7 @@ def test_ssn_rejected(value: str) -> None:
     assert only("US_SSN", f"SSN {value}") == []
 
 
-@pytest.mark.parametrize("value", ["666-12-3456", "900-12-3456", "999-12-3456", "111-11-1111"])
+@pytest.mark.parametrize("value", ["900-12-3456", "999-12-3456", "111-11-1111", "536 22 1234"])
 def test_ssn_unissued_areas_only_after_an_ssn_word(value: str) -> None:
     assert only("US_SSN", f"ref {value}") == []
     assert only("US_SSN", f"SSN {value}") == [value]

@@ -13,6 +13,8 @@ SSN area/group rules, calling codes). Two decisions carry most of the speed:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import ipaddress
 import re
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from . import context
 from .phones import find_phones
 
 __all__ = [
@@ -72,16 +75,30 @@ _NON_DIGITS = re.compile(r"[^0-9]+")
 
 # Narrower than RFC 5322 on purpose: quotes, '=', '/', '?'... are rare inside real local parts
 # but common right before an address ("email=jane@x.io", "'jane@x.io'").
-_EMAIL_LOCAL_RUN = re.compile(r"[\w+%.-]*")
-_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-]|\.[^\W_])")
+# Letters include combining marks (Devanagari, Thai... vowel signs are not \w); a TLD may be
+# punycode ("xn--p1ai").
+_MARK = "\u0300-\u036f\u0900-\u0dff\u0e31-\u0e4e"
+_EMAIL_LOCAL_RUN = re.compile(rf"[\w+%.{_MARK}-]*")
+_EMAIL_DOMAIN = re.compile(
+    rf"(?:[^\W_](?:[\w{_MARK}-]{{0,61}}(?:[^\W_]|[{_MARK}]))?\.)+"
+    rf"(?:xn--[a-z0-9-]{{2,59}}|[^\W\d_](?:[^\W\d_]|[{_MARK}]){{1,62}})"
+    rf"(?![\w{_MARK}-]|\.[^\W_])"
+)
+_AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
 
 
 def _find_emails(text: str) -> Iterator[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
+    for sign in _AT_SIGNS:
+        if sign in text:
+            yield from _find_emails_at(text, sign)
+
+
+def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
     floor = 0
-    at = text.find("@")
+    at = text.find(sign)
     while at != -1:
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is not None:
@@ -102,7 +119,7 @@ def _find_emails(text: str) -> Iterator[Finding]:
                 end = domain.end()
                 yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
                 floor = end
-        at = text.find("@", at + 1)
+        at = text.find(sign, at + 1)
 
 
 # --------------------------------------------------------------------------- digit-led entities
@@ -167,7 +184,8 @@ def _ssn_valid(digits: str) -> bool:
 
 def _ssn_plausible(digits: str) -> bool:
     # After "SSN:": any area but 000, also 9xx (ITINs) and "111-11-1111"-style examples.
-    return digits[:3] != "000" and digits[3:5] != "00" and digits[5:] != "0000"
+    area = digits[:3]
+    return area != "000" and area != "666" and digits[3:5] != "00" and digits[5:] != "0000"
 
 
 def _ssn_context_near(text: str, start: int) -> bool:
@@ -361,7 +379,7 @@ def _find_numeric(
             value = m.group()
             sep = value[3]
             ssn_digits = value.replace(sep, "")
-            # Dots only after an SSN word; a word also vouches for 9xx areas and repeated
+            # Dots and spaces only after an SSN word; a word also vouches for 9xx areas and repeated
             # digits. Well-known example values ("123-45-6789") are masked like real ones.
             if sep == "-" and _ssn_valid(ssn_digits):
                 yield Finding("US_SSN", start, pos, value, 0.85)
@@ -369,8 +387,7 @@ def _find_numeric(
                 _ssn_valid(ssn_digits) or _ssn_plausible(ssn_digits)
             ):
                 yield Finding("US_SSN", start, pos, value, 0.85)
-            elif sep == " " and _ssn_valid(ssn_digits):
-                yield Finding("US_SSN", start, pos, value, 0.6)
+
         elif _ssn_valid(value := m.group()) and _ssn_context_near(text, start):
             yield Finding("US_SSN", start, pos, value, 0.7)
 
@@ -446,6 +463,14 @@ _GITHUB_TOKEN = re.compile(r"gh(?<!\wgh)[pousr]_[A-Za-z0-9]{36,255}(?!\w)", re.A
 _GITHUB_PAT = re.compile(r"github_pat_(?<!\wgithub_pat_)\w{22,255}", re.ASCII)
 _AWS_KEY_ID = re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[0-9A-Z]{16}(?![A-Za-z0-9])")
 _JWT = re.compile(r"eyJ(?<![\w-]eyJ)[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*", re.ASCII)
+_STRIPE_KEY = re.compile(r"[rs]k_(?<!\w[rs]k_)(?:live|test)_[A-Za-z0-9]{16,}")
+_GOOGLE_KEY = re.compile(r"AIza(?<!\wAIza)[0-9A-Za-z_-]{35}(?![\w-])")
+_GITLAB_TOKEN = re.compile(r"gl(?<![\w-]gl)(?:pat|dt|rt|ptt|cbt)-[0-9A-Za-z_-]{20,}")
+_PREFIXED_TOKEN = re.compile(  # npm, Hugging Face, Anthropic-style, SendGrid, Shopify, PyPI
+    r"(?<![\w-])(?:npm_[A-Za-z0-9]{36}|hf_[A-Za-z0-9]{30,}|SG\.[\w-]{22}\.[\w-]{43}"
+    r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}|pypi-[\w-]{50,})(?![\w-])"
+)
+_BASIC = re.compile(r"\b[Bb]asic[ \t]+([A-Za-z0-9+/]{6,}={0,2})(?![\w+/=])")
 _BEARER = re.compile(r"\b[Bb]earer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)")
 
 
@@ -454,6 +479,14 @@ def _token_like(value: str) -> bool:
     return _HAS_DIGIT(value) is not None or (
         len(value) >= 20 and not value.islower() and not value.isupper()
     )
+
+
+def _basic_credentials(value: str) -> bool:
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in decoded
 
 
 def _find_secrets(text: str) -> list[Finding]:
@@ -471,11 +504,25 @@ def _find_secrets(text: str) -> list[Finding]:
             candidates.extend((m, 0.9) for m in _GITHUB_TOKEN.finditer(text))
         if "github_pat_" in text:
             candidates.extend((m, 0.9) for m in _GITHUB_PAT.finditer(text))
+        if "sk_" in text or "rk_" in text:
+            candidates.extend((m, 0.9) for m in _STRIPE_KEY.finditer(text))
+        if "npm_" in text or "hf_" in text or "shp" in text:
+            candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
+    if "gl" in text and "-" in text:
+        candidates.extend((m, 0.9) for m in _GITLAB_TOKEN.finditer(text))
+    if "SG." in text or "pypi-" in text:
+        candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
+    if "AIza" in text:
+        candidates.extend((m, 0.9) for m in _GOOGLE_KEY.finditer(text))
     if "IA" in text:
         candidates.extend((m, 0.9) for m in _AWS_KEY_ID.finditer(text))
     if "J" in text and "eyJ" in text:
         candidates.extend((m, 0.9) for m in _JWT.finditer(text))
     found = [Finding("SECRET", m.start(), m.end(), m[0], score) for m, score in candidates]
+    if "asic" in text:  # "Basic", "basic": base64 of "user:password"
+        for m in _BASIC.finditer(text):
+            if _basic_credentials(m[1]):
+                found.append(Finding("SECRET", m.start(1), m.end(1), m[1], 0.85))
     if "earer" in text:  # "Bearer", "bearer"
         for m in _BEARER.finditer(text):
             if _token_like(m[1]):
@@ -483,10 +530,21 @@ def _find_secrets(text: str) -> list[Finding]:
     return found
 
 
+# --------------------------------------------------------------------------- in context
+
+
+def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
+    def find(text: str) -> Iterator[Finding]:
+        for start, end in spans(text):
+            yield Finding(entity_type, start, end, text[start:end], score)
+
+    return find
+
+
 # --------------------------------------------------------------------------- registry
 
 _BUILTINS: tuple[Detector, ...] = (
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
         _find_numeric,
@@ -494,6 +552,18 @@ _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
     Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
     Detector(frozenset({"SECRET"}), _find_secrets),
+    Detector(
+        frozenset({"DATE_OF_BIRTH"}), _spans_as("DATE_OF_BIRTH", context.find_dates_of_birth, 0.8)
+    ),
+    Detector(frozenset({"PASSPORT"}), _spans_as("PASSPORT", context.find_passports, 0.7)),
+    Detector(
+        frozenset({"US_DRIVER_LICENSE"}),
+        _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
+    ),
+    Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
+    Detector(
+        frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
+    ),
 )
 BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
 

@@ -21,12 +21,13 @@ from collections.abc import Iterator
 __all__ = ["calling_code", "find_phones", "intl_phone_valid", "nanp_valid"]
 
 _NON_DIGITS = re.compile(r"[^0-9]+")
+_DIGIT_GROUPS = re.compile(r"[0-9]+")
 
 # A digit run with separators: spaces (also non-breaking), ".", "-", "/", parentheses. The
 # first character is tested before the look-behind so the engine skips ahead quickly.
 _SEP = r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2}\(?|\)[ \u00a0]{0,2}|\()"
 _CANDIDATE = re.compile(
-    r"[+(0-9](?<![\w.+/(-][+(0-9])(?<![\w.,][+(]\d)"
+    r"[+(0-9](?<![\w.+/(-][+(0-9])(?<![\w.,][+(]\d)(?<![0-9:]:[+(0-9])"
     r"(?:(?<=\d)\d*+|(?<=\()\+?[ \u00a0]?\d++|(?<=\+)[ \u00a0]?\d++)"
     rf"(?:{_SEP}(?=\d)\d++)*+\)?"
     r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
@@ -34,6 +35,7 @@ _CANDIDATE = re.compile(
 _GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
 _CURRENCY = frozenset("$€£¥₹")
 _MAX_CANDIDATE = 40
+_MAX_WINDOW = 24  # the longest national number with its separators
 
 # Phone words (several languages), up to 40 characters before a digit run without separators.
 _CONTEXT = re.compile(
@@ -109,7 +111,7 @@ def _context_before(text: str, start: int) -> bool:
 
 def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
-    if not 7 <= n <= 13:
+    if not 7 <= n <= 12:
         return False
     if digits.startswith("12345678") and value[0] != "(":
         return False  # a placeholder ("123456789", "1234 5678 90"), not a number to protect
@@ -126,6 +128,13 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
         and not _context_before(text, start)
     ):
         return False
+    groups = _DIGIT_GROUPS.findall(value)
+    if any(len(g) == 1 for g in groups[1:]):
+        return False  # "1 2 3 4 5", ISBNs: counting, not dialling
+    if len(groups) >= 4 and all(int(b) - int(a) == 1 for a, b in zip(groups, groups[1:])):
+        return False  # "10 11 12 13 14": counting
+    if len(groups) >= 3 and all(len(g) == 4 for g in groups):
+        return False  # part of a card number
     dotted = value.split(".")
     if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
         return False  # an IPv4 address, valid or not
@@ -139,11 +148,9 @@ def _intl_digits(value: str) -> str | None:
     head = value.lstrip("(")
     if head.startswith("+"):
         return _NON_DIGITS.sub("", value.replace("(0)", ""))
-    digits = _NON_DIGITS.sub("", value)
-    if digits.startswith("011") and not value.startswith("("):
-        return digits[3:]
-    if digits.startswith("00") and digits[2:3] != "0":
-        return digits[2:]
+    if value.startswith("011") or (value.startswith("00") and value[2:].lstrip(" ")[:1] > "0"):
+        digits = _NON_DIGITS.sub("", value)
+        return digits[3:] if value[1] == "1" else digits[2:]
     return None
 
 
@@ -170,17 +177,27 @@ def _phone_end(text: str, start: int, value: str) -> int | None:
 
 def find_phones(text: str) -> Iterator[tuple[int, int]]:
     """Spans of phone numbers in ``text``."""
-    for m in _CANDIDATE.finditer(text):
+    pos = 0
+    search = _CANDIDATE.search
+    while (m := search(text, pos)) is not None:
         start, end = m.span()
+        pos = end
         if start and text[start - 1] in _CURRENCY:
             continue
         value = m.group()
-        if len(value) > _MAX_CANDIDATE:
-            continue  # a long run of digit groups is a table or a dump, not a phone
         ext = m.start("ext")
         if ext != -1:
             value = value[: ext - start]
         elif _GLUED_AFTER.match(text, end):
+            # "2024-05-01T12:30" or "555-123-4567-A": the last chunk is no phone; what is
+            # before its whitespace may be one.
+            cut = max(value.rfind(" "), value.rfind("\u00a0"))
+            if cut > 0:
+                yield from _windows(text, start, value[:cut].rstrip(" \u00a0"), whole=True)
+            continue
+        if len(value) > _MAX_CANDIDATE:
+            # A long run of digit groups: only short whitespace-delimited windows are tried.
+            yield from _windows(text, start, value, whole=True)
             continue
         if value.count(")") > value.count("("):
             value = value.rstrip(")")
@@ -188,8 +205,47 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
             start += 1  # "(020 8231 7777)": the number inside the parentheses
             value = value[1:-1]
         phone_end = _phone_end(text, start, value)
-        if phone_end is None:
+        if phone_end is not None:
+            if ext != -1 and phone_end == start + len(value):
+                phone_end = end
+            elif phone_end < start + len(value):
+                pos = phone_end  # "+1 415 555 0132 (415) 555-0133": the rest is scanned again
+            yield start, phone_end
+        elif (" " in value or "\u00a0" in value) and _intl_digits(value) is None:
+            # Several numbers in a row ("0.0.0.0 (415) 555-0132", "415 555 0132 415 555 0133"):
+            # whitespace-delimited windows, longest first (a bounded number of tries).
+            yield from _windows(text, start, value)
+
+
+def _is_group4(value: str, span: tuple[int, int]) -> bool:
+    return span[1] - span[0] == 4 and value[span[0] : span[1]].isdigit()
+
+
+_CHUNK = re.compile(r"[^ \u00a0]+")
+
+
+def _windows(
+    text: str, start: int, value: str, whole: bool = False
+) -> Iterator[tuple[int, int]]:
+    chunks = [m.span() for m in _CHUNK.finditer(value)]
+    i = 0
+    while i < len(chunks):
+        first = chunks[i][0]
+        if i and _is_group4(value, chunks[i - 1]) and _is_group4(value, chunks[i]):
+            i += 1  # inside a run of 4-digit groups (a card, not a phone)
             continue
-        if ext != -1 and phone_end == start + len(value):
-            phone_end = end
-        yield start, phone_end
+        last = i
+        while last + 1 < len(chunks) and chunks[last + 1][1] - first <= _MAX_WINDOW:
+            last += 1
+        for j in range(last, i - 1, -1):
+            if (i, j) == (0, len(chunks) - 1) and not whole:
+                continue  # the whole value was tried already
+            window = value[first : chunks[j][1]]
+            if window[0] in "./-" or window[-1] in "./-(":
+                continue
+            phone_end = _phone_end(text, start + first, window)
+            if phone_end is not None:
+                yield start + first, phone_end
+                i = j
+                break
+        i += 1
