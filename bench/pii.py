@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import ipaddress
+import json
 import logging
+import os
 import random
 import statistics
 import string
@@ -401,6 +401,7 @@ def spans(results: Sequence[Sequence[Any]]) -> list[list[Span]]:
 # Presidio's recognizers for the types both detectors handle (DATE_TIME and the like would score
 # Presidio on types we do not claim).
 PRESIDIO_ENTITIES = (*COMPARED, "URL", "UK_NINO", "PERSON", "LOCATION")
+NER_TYPES = ("PERSON", "LOCATION")
 
 
 def make_ours(ner: bool) -> Runner:
@@ -421,17 +422,21 @@ def make_presidio(ner: bool = False) -> Runner:
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
     if ner:
+        from llm_middleware.pii.ner import DEFAULT_MODEL
         from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-        from llm_middleware.pii.ner import DEFAULT_MODEL
-
-        config = {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": DEFAULT_MODEL}]}
+        config = {
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": DEFAULT_MODEL}],
+        }
         engine = NlpEngineProvider(nlp_configuration=config).create_engine()
     else:
         engine = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
     analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
     supported = set(analyzer.get_supported_entities("en"))
-    entities = [e for e in PRESIDIO_ENTITIES if e in supported and (ner or e not in ("PERSON", "LOCATION"))]
+    entities = [
+        e for e in PRESIDIO_ENTITIES if e in supported and (ner or e not in ("PERSON", "LOCATION"))
+    ]
     return lambda text: analyzer.analyze(text=text, language="en", entities=entities)
 
 
@@ -479,7 +484,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="passes of ours per chunk (median)")
     parser.add_argument("--show-misses", action="store_true", help="list misses and FPs")
     parser.add_argument("--adversarial", action="store_true", help="hostile shapes 1 KB-1 MB")
-    parser.add_argument("--ner", action="store_true", help="both sides with spaCy (the [ner] extra)")
+    parser.add_argument(
+        "--ner", action="store_true", help="both sides with spaCy (the [ner] extra)"
+    )
     args = parser.parse_args()
 
     if args.adversarial:
@@ -540,13 +547,15 @@ def main() -> None:
     labelled = {t[0] for s in subset for t in s.truth}
     predicted_ours = {p[0] for preds in ours_preds for p in preds}
     predicted_theirs = {p[0] for preds in presidio_preds for p in preds}
-    entities = sorted(labelled & (predicted_ours | predicted_theirs | set(PRESIDIO_ENTITIES)))
+    entities = sorted(labelled & (predicted_ours | predicted_theirs))
     entities += sorted((predicted_ours | predicted_theirs) - labelled)
     our_misses: list[str] = []
     ours_scores = score(subset, ours_preds[: len(subset)], entities, our_misses)
     presidio_scores = score(subset, presidio_preds, entities)
-    print(f"quality on the {len(subset)} texts both analysed (overlap scoring, exact = boundaries)\n")
-    print("| entity | truth | ours P | ours R | ours exact | Presidio P | Presidio R | Presidio exact |")
+    print(
+        f"quality on the {len(subset)} texts both analysed (overlap scoring, exact = boundaries)\n"
+    )
+    print("| entity | truth | ours P | ours R | ours exact | Presidio P | Presidio R | its exact |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = [(e, ours_scores[e], presidio_scores[e]) for e in entities]
     rows.append(("**micro**", micro(ours_scores), micro(presidio_scores)))

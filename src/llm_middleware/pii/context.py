@@ -40,10 +40,12 @@ _BIRTH = re.compile(
 )
 _BIRTH_AFTER = 40  # characters from the context word to the date
 _BIRTH_BEFORE = 30  # "1985-01-01 is my birthday"
-_CLAUSE_BREAK = re.compile(r"[,;!?\n]|\.\s")
+_CLAUSE_BREAK = re.compile(r"[,;!?\n]|\.\s+[A-Z]")
 
 
-def _near(text: str, context: re.Pattern[str], value: re.Pattern[str], after: int, before: int) -> Iterator[Span]:
+def _near(
+    text: str, context: re.Pattern[str], value: re.Pattern[str], after: int, before: int
+) -> Iterator[Span]:
     seen = -1
     for c in context.finditer(text):
         for m in value.finditer(text, c.end(), min(len(text), c.end() + after)):
@@ -66,7 +68,10 @@ def _any_in(text: str, words: tuple[str, ...]) -> bool:
     return any(map(text.__contains__, words))
 
 
-_BIRTH_HINTS = ("orn", "ORN", "irth", "IRTH", "ob", "OB", "o.b", "O.B", "eboren", "né", "acid", "acimiento", "aissance")  # fmt: skip
+_BIRTH_HINTS = (
+    "orn", "ORN", "irth", "IRTH", "ob", "OB", "o.b", "O.B", "eboren", "né", "acid", "acimiento",
+    "aissance",
+)  # fmt: skip
 _PASSPORT_HINTS = ("assport", "ASSPORT", "asaporte", "ASAPORTE", "asseport", "eisepass")
 _LICENSE_HINTS = ("icen", "ICEN", "DL")
 

@@ -381,10 +381,9 @@ def _find_numeric(
             ssn_digits = value.replace(sep, "")
             # Dots and spaces only after an SSN word; a word also vouches for 9xx areas and repeated
             # digits. Well-known example values ("123-45-6789") are masked like real ones.
-            if sep == "-" and _ssn_valid(ssn_digits):
-                yield Finding("US_SSN", start, pos, value, 0.85)
-            elif _ssn_context_near(text, start) and (
-                _ssn_valid(ssn_digits) or _ssn_plausible(ssn_digits)
+            valid = _ssn_valid(ssn_digits)
+            if (sep == "-" and valid) or (
+                _ssn_context_near(text, start) and (valid or _ssn_plausible(ssn_digits))
             ):
                 yield Finding("US_SSN", start, pos, value, 0.85)
 
@@ -561,9 +560,7 @@ _BUILTINS: tuple[Detector, ...] = (
         _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
     ),
     Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
-    Detector(
-        frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
-    ),
+    Detector(frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"),
 )
 BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
 
@@ -669,6 +666,26 @@ def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
     return kept
 
 
+def _ner_findings(
+    text: str, spans: Iterable[tuple[str, int, int, float]], validated: list[Finding]
+) -> Iterator[Finding]:
+    """NER spans that overlap no pattern finding: a checksum- or structure-validated value
+    (an IP address, a card, an e-mail) is never cut or relabelled by a model's guess."""
+    taken = sorted((f.start, f.end) for f in validated)
+    starts = [start for start, _ in taken]
+    reach: list[int] = []  # the furthest end among the first i spans
+    for _, end in taken:
+        reach.append(max(end, reach[-1]) if reach else end)
+    size = len(text)
+    for entity_type, start, end, score in spans:
+        if not 0 <= start < end <= size:
+            continue
+        i = bisect.bisect_left(starts, end)  # spans starting before this one ends
+        if i and reach[i - 1] > start:
+            continue
+        yield Finding(entity_type, start, end, text[start:end], score)
+
+
 class PIIDetector:
     """Detect PII in text.
 
@@ -718,12 +735,7 @@ class PIIDetector:
             if hint in text:
                 found.extend(find(text))
         if self._ner is not None:
-            size = len(text)
-            found.extend(
-                Finding(entity_type, start, end, text[start:end], score)
-                for entity_type, start, end, score in self._ner(text)
-                if 0 <= start < end <= size
-            )
+            found.extend(_ner_findings(text, self._ner(text), found))
         if self._keep is not None:
             found = [f for f in found if f.entity_type in self._keep]
         if len(found) < 2:

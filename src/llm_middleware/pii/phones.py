@@ -113,9 +113,9 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
     if not 7 <= n <= 12:
         return False
-    if digits.startswith("12345678") and value[0] != "(":
-        return False  # a placeholder ("123456789", "1234 5678 90"), not a number to protect
-    grouped = not digits == value
+    grouped = digits != value
+    if not grouped and digits.startswith("123456789"):
+        return False  # a placeholder ("123456789", "1234567890"), not a number to protect
     if not grouped:
         return n <= 11 and _context_before(text, start)
     if (
@@ -131,7 +131,9 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     groups = _DIGIT_GROUPS.findall(value)
     if any(len(g) == 1 for g in groups[1:]):
         return False  # "1 2 3 4 5", ISBNs: counting, not dialling
-    if len(groups) >= 4 and all(int(b) - int(a) == 1 for a, b in zip(groups, groups[1:])):
+    if len(groups) >= 4 and all(
+        int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
+    ):
         return False  # "10 11 12 13 14": counting
     if len(groups) >= 3 and all(len(g) == 4 for g in groups):
         return False  # part of a card number
@@ -211,7 +213,7 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
             elif phone_end < start + len(value):
                 pos = phone_end  # "+1 415 555 0132 (415) 555-0133": the rest is scanned again
             yield start, phone_end
-        elif (" " in value or "\u00a0" in value) and _intl_digits(value) is None:
+        elif (" " in value or "\u00a0" in value) and value.lstrip("(")[0] != "+":
             # Several numbers in a row ("0.0.0.0 (415) 555-0132", "415 555 0132 415 555 0133"):
             # whitespace-delimited windows, longest first (a bounded number of tries).
             yield from _windows(text, start, value)
@@ -224,9 +226,7 @@ def _is_group4(value: str, span: tuple[int, int]) -> bool:
 _CHUNK = re.compile(r"[^ \u00a0]+")
 
 
-def _windows(
-    text: str, start: int, value: str, whole: bool = False
-) -> Iterator[tuple[int, int]]:
+def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator[tuple[int, int]]:
     chunks = [m.span() for m in _CHUNK.finditer(value)]
     i = 0
     while i < len(chunks):
@@ -246,6 +246,8 @@ def _windows(
             phone_end = _phone_end(text, start + first, window)
             if phone_end is not None:
                 yield start + first, phone_end
-                i = j
+                # Go on after the phone, which may end before the window does.
+                while i + 1 < len(chunks) and chunks[i + 1][0] < phone_end - start:
+                    i += 1
                 break
         i += 1
