@@ -422,8 +422,9 @@ def make_presidio(ner: bool = False) -> Runner:
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
     if ner:
-        from llm_middleware.pii.ner import DEFAULT_MODEL
         from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+        from llm_middleware.pii.ner import DEFAULT_MODEL
 
         config = {
             "nlp_engine_name": "spacy",
