@@ -159,6 +159,22 @@ def test_ssn_variants() -> None:
     assert only("US_SSN", "SSN 666-09-9999") == []
 
 
+# --------------------------------------------------------------------------- IBAN
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["de89 3704 0044 0532 0130 00", "DE89-3704-0044-0532-0130-00", "gb82west12345698765432"],
+)
+def test_iban_lower_case_and_dashes(value: str) -> None:
+    assert only("IBAN_CODE", f"pay to {value} today") == [value]
+
+
+def test_iban_mixed_separators_or_bad_checksum_rejected() -> None:
+    assert only("IBAN_CODE", "pay to DE89-3704 0044 0532 0130 00") == []
+    assert only("IBAN_CODE", "pay to de88 3704 0044 0532 0130 00") == []
+
+
 # --------------------------------------------------------------------------- e-mail
 
 

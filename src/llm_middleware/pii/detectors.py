@@ -130,8 +130,8 @@ def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
 # An IBAN is found at its check digits (the scan only stops at digits), its country code
 # being the two capitals before them.
 _IBAN_SHAPE = (
-    r"(?<=[A-Z][A-Z]\d)(?<![\w.+-][A-Z][A-Z]\d)"
-    r"(?P<iban>\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])"
+    r"(?<=[A-Za-z][A-Za-z]\d)(?<![\w.+-][A-Za-z][A-Za-z]\d)"
+    r"(?P<iban>\d(?:[ -]?[A-Za-z0-9]{4}){2,8}(?:[ -]?[A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])"
 )
 _DIGIT_LED_SHAPES = (
     r"(?P<ipv4>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)",
@@ -324,19 +324,24 @@ def _iban_end(text: str, start: int, end: int) -> int | None:
     The candidate may run on into a following 4-character token: it is cut at the length
     registered for its country, which must fall between two groups.
     """
-    length = _IBAN_LENGTHS.get(text[start : start + 2])
+    # Lower case ("de89 3704...") and dashes ("DE89-3704-...") are accepted, one kind of
+    # separator per IBAN.
+    length = _IBAN_LENGTHS.get(text[start : start + 2].upper())
     if length is None:
         return None
-    compact = text[start:end].replace(" ", "")
+    candidate = text[start:end]
+    if " " in candidate and "-" in candidate:
+        return None
+    compact = candidate.replace(" ", "").replace("-", "").upper()
     if len(compact) < length:
         return None
     if len(compact) > length:
         end = start
         seen = 0
         while seen < length:
-            seen += text[end] != " "
+            seen += text[end] != " " and text[end] != "-"
             end += 1
-        if text[end] != " ":
+        if text[end] != " " and text[end] != "-":
             return None
         compact = compact[:length]
     return end if _iban_checksum_valid(compact) else None

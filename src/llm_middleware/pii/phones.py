@@ -151,8 +151,14 @@ def _intl_digits(value: str) -> str | None:
     if head.startswith("+"):
         return _NON_DIGITS.sub("", value.replace("(0)", ""))
     if value.startswith("011") or (value.startswith("00") and value[2:].lstrip(" ")[:1] > "0"):
-        digits = _NON_DIGITS.sub("", value)
-        return digits[3:] if value[1] == "1" else digits[2:]
+        skip = 3 if value[1] == "1" else 2
+        # The first group holds the prefix and, when glued to it, a whole calling code
+        # ("0044 20...", "001-212..."), never part of one ("002-01-0001").
+        first = _DIGIT_GROUPS.match(value)
+        code = first.group()[skip:] if first else ""
+        if code and calling_code(code + "0000000") != code:
+            return None
+        return _NON_DIGITS.sub("", value)[skip:]
     return None
 
 
