@@ -84,6 +84,7 @@ def test_bare_digits_are_phones_after_a_phone_word(text: str, value: str) -> Non
         "1 2 3 4 5 6 7 8 9 10 11 12",
         "total $1 234 567 due",
         "part 555-210-9876-X",
+        "bad SSN 219-09-99990",
     ],
 )
 def test_phone_lookalikes_rejected(text: str) -> None:

@@ -110,7 +110,9 @@ def find_driver_licenses(text: str) -> Iterator[Span]:
 # KN, NK, NT, TN, ZZ), six digits, suffix A-D. The compact form needs a context word nearby;
 # the spaced forms ("AZ 12 34 56 A", "AZ 123 456 A") are distinctive on their own.
 # Found at its digits (the scan stops at digits only); the letters before are checked after.
-_NINO = re.compile(r"\d\d(?:[ ]\d\d[ ]\d\d[ ]|\d[ ]\d{3}[ ]|\d{4}[ ]?)[A-D](?!\w)")
+_NINO = re.compile(
+    r"\d(?:(?<=[A-Z]\d)|(?<=[A-Z] \d))\d(?:[ ]\d\d[ ]\d\d[ ]|\d[ ]\d{3}[ ]|\d{4}[ ]?)[A-D](?!\w)"
+)
 _NINO_PREFIX = re.compile(r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
 _NINO_CONTEXT = re.compile(r"\bNI\b|\bNINO\b|national\s+insurance", re.IGNORECASE)
 _NINO_CONTEXT_WINDOW = 80

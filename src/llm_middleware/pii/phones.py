@@ -51,10 +51,13 @@ _DATE = re.compile(
 )
 _YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
 _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
-_SSN_SHAPE = re.compile(r"\d{3}([ -])\d\d\1\d{4}")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
-# ISBN-like (a single digit last), SSN-like with a longer last group.
+# ISBN-like (a single digit last), SSN-like (also with a longer last group).
 _NOT_PHONE = re.compile(r".*[ ./-]\d|\d{3}([ -])\d\d\1\d+")
+# Dates, years, SSN / ZIP+4 / ISBN shapes, in one regex call.
+_NOT_A_PHONE = re.compile(
+    rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
+)
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
 _CC_ONE = frozenset("17")
@@ -118,14 +121,8 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
         return False  # a placeholder ("123456789", "1234567890"), not a number to protect
     if not grouped:
         return n <= 11 and _context_before(text, start)
-    if (
-        _DATE.match(value)
-        or _YEAR_LED.match(value)
-        or _SSN_SHAPE.fullmatch(value)
-        or _ZIP4.fullmatch(value)
-        or _NOT_PHONE.fullmatch(value)
-        or _THOUSANDS.fullmatch(value)
-        and not _context_before(text, start)
+    if _NOT_A_PHONE.match(value) or (
+        _THOUSANDS.fullmatch(value) and not _context_before(text, start)
     ):
         return False
     groups = _DIGIT_GROUPS.findall(value)
@@ -190,8 +187,8 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
     while (m := search(text, pos)) is not None:
         start, end = m.span()
         pos = end
-        if start and text[start - 1] in _CURRENCY:
-            continue
+        if end - start < 7 or (start and text[start - 1] in _CURRENCY):
+            continue  # too short for 7 digits ("12", "2024", "10:30")
         value = m.group()
         ext = m.start("ext")
         if ext != -1:
@@ -234,6 +231,10 @@ _CHUNK = re.compile(r"[^ \u00a0]+")
 
 def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator[tuple[int, int]]:
     chunks = [m.span() for m in _CHUNK.finditer(value)]
+    # Digits before each chunk: windows with too few or too many digits are never tried.
+    before = [0]
+    for a, b in chunks:
+        before.append(before[-1] + sum(c.isdigit() for c in value[a:b]))
     i = 0
     while i < len(chunks):
         first = chunks[i][0]
@@ -247,7 +248,11 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
             if (i, j) == (0, len(chunks) - 1) and not whole:
                 continue  # the whole value was tried already
             window = value[first : chunks[j][1]]
-            if window[0] in "./-" or window[-1] in "./-(":
+            if (
+                not 7 <= before[j + 1] - before[i] <= 15
+                or window[0] in "./-"
+                or window[-1] in "./-("
+            ):
                 continue
             phone_end = _phone_end(text, start + first, window)
             if phone_end is not None:
