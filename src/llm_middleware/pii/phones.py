@@ -35,6 +35,8 @@ _CANDIDATE = re.compile(
 _GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
 _CURRENCY = frozenset("$€£¥₹")
 _MAX_CANDIDATE = 40
+# Groups of four (cards) and dotted quads (IPv4): never phones, rejected before any other work.
+_CARD_OR_IP = re.compile(r"\d{4}(?:([ -])\d{4})(?:\1\d{4}){1,3}|\d{1,3}(?:\.\d{1,3}){3}")
 _MAX_WINDOW = 24  # the longest national number with its separators
 
 # Phone words (several languages), up to 40 characters before a digit run without separators.
@@ -200,6 +202,8 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
             if cut > 0:
                 yield from _windows(text, start, value[:cut].rstrip(" \u00a0"), whole=True)
             continue
+        if _CARD_OR_IP.fullmatch(value):
+            continue  # the numeric detector's (checked there by Luhn / parsing)
         if len(value) > _MAX_CANDIDATE:
             # A long run of digit groups: only short whitespace-delimited windows are tried.
             yield from _windows(text, start, value, whole=True)
