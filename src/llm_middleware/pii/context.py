@@ -69,8 +69,8 @@ def _any_in(text: str, words: tuple[str, ...]) -> bool:
 
 
 _BIRTH_HINTS = (
-    "orn", "ORN", "irth", "IRTH", "ob", "OB", "o.b", "O.B", "eboren", "né", "acid", "acimiento",
-    "aissance",
+    "born", "Born", "BORN", "irth", "IRTH", "dob", "Dob", "DOB", "d.o.b", "D.O.B", "eboren",
+    "né", "acid", "acimiento", "aissance",
 )  # fmt: skip
 _PASSPORT_HINTS = ("assport", "ASSPORT", "asaporte", "ASAPORTE", "asseport", "eisepass")
 _LICENSE_HINTS = ("icen", "ICEN", "DL")
