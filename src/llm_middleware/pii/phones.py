@@ -182,6 +182,18 @@ def _phone_end(text: str, start: int, value: str) -> int | None:
         value = value[: tail.start()]
 
 
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+
+
+def _after_ipv6(text: str, start: int) -> bool:
+    # Two or more colons in the run of hex digits and colons just before ``start``.
+    j = start
+    lowest = max(0, start - 45)
+    while j > lowest and text[j - 1] in _HEX_COLON:
+        j -= 1
+    return text.count(":", j, start) >= 2
+
+
 def find_phones(text: str) -> Iterator[tuple[int, int]]:
     """Spans of phone numbers in ``text``."""
     pos = 0
@@ -192,6 +204,13 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
         if end - start < 7 or (start and text[start - 1] in _CURRENCY):
             continue  # too short for 7 digits ("12", "2024", "10:30")
         value = m.group()
+        if start and text[start - 1] == ":" and _after_ipv6(text, start):
+            # "::e:0 (415) 555-0132": the first group ends an IPv6 address.
+            cut = value.find(" ")
+            if cut == -1:
+                continue
+            pos = start + cut
+            continue
         ext = m.start("ext")
         if ext != -1:
             value = value[: ext - start]
