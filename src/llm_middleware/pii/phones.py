@@ -56,9 +56,10 @@ _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
 # ISBN-like (a single digit last), SSN-like (also with a longer last group).
 _NOT_PHONE = re.compile(r".*[ ./-]\d|\d{3}([ -])\d\d\1\d+")
-# Dates, years, SSN / ZIP+4 / ISBN shapes, in one regex call.
+# Dates, years, SSN / ZIP+4 / ISBN shapes (a dashed SSN also as the start), in one regex call.
 _NOT_A_PHONE = re.compile(
-    rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
+    rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
+    rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
 )
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
