@@ -13,12 +13,17 @@ SSN area/group rules, calling codes). Two decisions carry most of the speed:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
+
+from . import context
+from .phones import find_phones
 
 __all__ = [
     "BUILTIN_ENTITIES",
@@ -70,16 +75,30 @@ _NON_DIGITS = re.compile(r"[^0-9]+")
 
 # Narrower than RFC 5322 on purpose: quotes, '=', '/', '?'... are rare inside real local parts
 # but common right before an address ("email=jane@x.io", "'jane@x.io'").
-_EMAIL_LOCAL_RUN = re.compile(r"[\w+%.-]*")
-_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-]|\.[^\W_])")
+# Letters include combining marks (Devanagari, Thai... vowel signs are not \w); a TLD may be
+# punycode ("xn--p1ai").
+_MARK = "\u0300-\u036f\u0900-\u0dff\u0e31-\u0e4e"
+_EMAIL_LOCAL_RUN = re.compile(rf"[\w+%.{_MARK}-]*")
+_EMAIL_DOMAIN = re.compile(
+    rf"(?:[^\W_](?:[\w{_MARK}-]{{0,61}}(?:[^\W_]|[{_MARK}]))?\.)+"
+    rf"(?:xn--[a-z0-9-]{{2,59}}|[^\W\d_](?:[^\W\d_]|[{_MARK}]){{1,62}})"
+    rf"(?![\w{_MARK}-]|\.[^\W_])"
+)
+_AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
 
 
 def _find_emails(text: str) -> Iterator[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
+    for sign in _AT_SIGNS:
+        if sign in text:
+            yield from _find_emails_at(text, sign)
+
+
+def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
     floor = 0
-    at = text.find("@")
+    at = text.find(sign)
     while at != -1:
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is not None:
@@ -100,7 +119,7 @@ def _find_emails(text: str) -> Iterator[Finding]:
                 end = domain.end()
                 yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
                 floor = end
-        at = text.find("@", at + 1)
+        at = text.find(sign, at + 1)
 
 
 # --------------------------------------------------------------------------- digit-led entities
@@ -108,28 +127,25 @@ def _find_emails(text: str) -> Iterator[Finding]:
 # One regex, one scan, for every shape that starts with a digit, a capital (IBAN), "(" or "+"
 # (phones). No match starts right after a word character, ".", "+" or "-", nor a digit right
 # after "::" or "<digit>:" (the end of an IPv6 address or a time: "::1 415-555-0132").
-_SYMBOL_LED_SHAPES = (
-    r"(?<=\+)(?P<intl_phone>"
-    r"\d{8,15}|[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\)[ .-]?\d{1,8}|[ .-]\d{1,8})(?:[ .-]\d{2,8}){0,6})"
-    r"(?![\w]|[.-]\d)",
-    r"(?<=\()(?P<paren_phone>\d{3}\) ?\d{3}[ .-]\d{4})(?![\w-]|\.\d)",
-    r"(?<=[A-Z])(?P<iban>[A-Z]\d\d(?: ?[A-Z0-9]{4}){2,8}(?: ?[A-Z0-9]{1,3})?)(?![A-Za-z0-9])",
+# An IBAN is found at its check digits (the scan only stops at digits), its country code
+# being the two capitals before them.
+_IBAN_SHAPE = (
+    r"(?<=[A-Za-z][A-Za-z]\d)(?<![\w.+-][A-Za-z][A-Za-z]\d)"
+    r"(?P<iban>\d(?:[ -]?[A-Za-z0-9]{4}){2,8}(?:[ -]?[A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])"
 )
 _DIGIT_LED_SHAPES = (
     r"(?P<ipv4>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\w]|\.\d)",
-    r"(?P<ssn>\d\d(?P<sep>[- ])\d\d(?P=sep)\d{4})(?![\w]|-\d)",
-    r"(?P<phone>(?:(?<=1)[ .-]?(?:\(\d{3}\) ?|\d{3}[ .-])|\d\d[ .-])\d{3}[ .-]\d{4})"
-    r"(?![\w-]|\.\d)",
+    r"(?P<ssn>\d\d(?P<sep>[- .])\d\d(?P=sep)\d{4})(?![\w]|[.-]\d)",
     # Any 13+ digits with single space/dash separators; _find_cards_in_run sorts it out.
-    r"(?P<card>(?:[ -]?\d){12,})(?![\w]|\.\d)",
+    r"(?P<card>(?:(?:[ -]{1,2}|[./])?\d){12,})(?![\w]|\.\d)",
     r"(?P<bare9>\d{8})(?![\w]|-\d)",
 )
 
 
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
     return re.compile(
-        r"[0-9(A-Z+](?<![\w.+-][0-9A-Z(+])"
-        rf"(?:{'|'.join(_SYMBOL_LED_SHAPES)}|(?<=\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
+        r"[0-9](?:"
+        rf"{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
 
@@ -137,16 +153,6 @@ def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
 _NUMERIC = _numeric_pattern(_DIGIT_LED_SHAPES)
 # For what a card run holds besides its cards ("4111 1111 1111 1111 536-22-1234").
 _NUMERIC_NO_CARD = _numeric_pattern(s for s in _DIGIT_LED_SHAPES if "<card>" not in s)
-
-
-def _nanp_valid(national: str) -> bool:
-    return (
-        len(national) == 10
-        and national[0] >= "2"
-        and national[1:3] != "11"
-        and national[3] >= "2"
-        and national[4:6] != "11"
-    )
 
 
 def _ipv4_valid(candidate: str) -> bool:
@@ -159,10 +165,9 @@ def _ipv4_valid(candidate: str) -> bool:
 
 # -- US_SSN
 
-_SSN_CONTEXT = re.compile(r"\b(?:ssn|ss#|social\s+security)", re.IGNORECASE)
+_SSN_CONTEXT = re.compile(r"\b(?:ssns?\b|ss#|social\s+security|itin\b)", re.IGNORECASE)
 _SSN_CONTEXT_WINDOW = 30
 _SENTENCE_BREAK = re.compile(r"[.!?]\s+[A-Z]|\n")
-_SSN_FAKES = frozenset({"123456789", "078051120"})
 
 
 def _ssn_valid(digits: str) -> bool:
@@ -173,9 +178,14 @@ def _ssn_valid(digits: str) -> bool:
         and area[0] != "9"
         and digits[3:5] != "00"
         and digits[5:] != "0000"
-        and digits not in _SSN_FAKES
         and digits.count(digits[0]) != 9
     )
+
+
+def _ssn_plausible(digits: str) -> bool:
+    # After "SSN:": any area but 000, also 9xx (ITINs) and "111-11-1111"-style examples.
+    area = digits[:3]
+    return area != "000" and area != "666" and digits[3:5] != "00" and digits[5:] != "0000"
 
 
 def _ssn_context_near(text: str, start: int) -> bool:
@@ -191,7 +201,6 @@ def _ssn_context_near(text: str, start: int) -> bool:
 # -- CREDIT_CARD
 
 _LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of 2 * digit
-_CARD_SEPARATOR = re.compile(r"[ -]")
 
 
 def _luhn_valid(digits: str) -> bool:
@@ -200,79 +209,91 @@ def _luhn_valid(digits: str) -> bool:
 
 
 def _card_brand_valid(digits: str) -> bool:
-    # Prefixes of equal length compare as strings exactly as they would as numbers.
+    # Issuer identification numbers (ISO/IEC 7812 ranges in use); prefixes of equal length
+    # compare as strings exactly as they would as numbers.
     n = len(digits)
     first = digits[0]
     if first == "4":  # Visa
         return n == 16 or n == 13 or n == 19
-    if first == "5":  # Mastercard
-        return "1" <= digits[1] <= "5" and n == 16
-    if first == "2":  # Mastercard 2-series
-        return "2221" <= digits[:4] <= "2720" and n == 16
+    if first == "5":  # Mastercard 51-55; Maestro 50, 56-59; Dankort 5019
+        if "1" <= digits[1] <= "5":
+            return n == 16
+        return 12 <= n <= 19
+    if first == "2":
+        four = digits[:4]
+        if "2221" <= four <= "2720":  # Mastercard 2-series
+            return n == 16
+        if "2200" <= four <= "2204":  # Mir
+            return 16 <= n <= 19
+        return four == "2131" and n == 15  # JCB
     if first == "3":
         two = digits[:2]
         if two == "34" or two == "37":  # Amex
             return n == 15
-        if two == "36" or two == "38" or "300" <= digits[:3] <= "305":  # Diners
+        if two == "36" or two == "38" or two == "39" or "300" <= digits[:3] <= "305":  # Diners
             return 14 <= n <= 19
-        return "3528" <= digits[:4] <= "3589" and 16 <= n <= 19  # JCB
-    if first == "6":  # Discover (6011, 644-649, 65), UnionPay (62)
-        return (
-            digits[1] == "2" or "644" <= digits[:3] <= "659" or digits[:4] == "6011"
-        ) and 16 <= n <= 19
+        return "3528" <= digits[:4] <= "3589" and 15 <= n <= 19  # JCB
+    if first == "6":  # Maestro 6x, Discover, UnionPay, RuPay, Troy, InstaPayment
+        return 12 <= n <= 19
+    if first == "1":  # UATP (15 digits), JCB 1800
+        return n == 15
+    if first == "8":  # RuPay 81, 82; UnionPay 81
+        return (digits[1] == "1" or digits[1] == "2") and n == 16
+    if first == "9":  # Troy 9792
+        return digits[:4] == "9792" and n == 16
     return False
 
 
+_CARD_GROUPS = re.compile(r"[0-9]+")
+
+
 def _card_valid(value: str) -> bool:
-    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind.
+    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind
+    # (" ", "-", ".", "/", two spaces).
     if value.isdigit():
         digits = value
     else:
-        sep = value[4:5]
-        if sep != " " and sep != "-":
-            return False
-        groups = value.split(sep)
-        digits = "".join(groups)
-        if not digits.isdigit() or len(groups[-1]) > 6:
+        groups = _CARD_GROUPS.findall(value)
+        sep = value[len(groups[0]) : value.index(groups[1], len(groups[0]))]
+        if sep.join(groups) != value or len(groups[-1]) > 6 or len(groups[0]) != 4:
             return False
         for group in groups[1:-1]:
             if not 4 <= len(group) <= 6:
                 return False
+        digits = "".join(groups)
     return 13 <= len(digits) <= 19 and _card_brand_valid(digits) and _luhn_valid(digits)
 
 
 def _find_cards_in_run(text: str, run_start: int, run_end: int) -> Iterator[Finding]:
-    # The run is any 13+ digits with single space/dash separators. Try it whole, then windows
-    # of whole groups, longest first, so "ref 12 4111 1111 1111 1111" still finds the card.
+    # The run is any 13+ digits with short separators. Try it whole, then windows of whole
+    # groups, longest first, so "ref 12 4111 1111 1111 1111" still finds the card.
     run = text[run_start:run_end]
     if _card_valid(run):
         yield Finding("CREDIT_CARD", run_start, run_end, run, 0.9)
         return
-    groups = _CARD_SEPARATOR.split(run)
-    starts = [0]
-    for group in groups[:-1]:
-        starts.append(starts[-1] + len(group) + 1)
+    spans = [m.span() for m in _CARD_GROUPS.finditer(run)]
     i = 0
-    while i < len(groups):
+    while i < len(spans):
         # Every card is written as one block or starts with a group of four.
-        if len(groups[i]) != 4 and not 13 <= len(groups[i]) <= 19:
+        first = spans[i][1] - spans[i][0]
+        if first != 4 and not 13 <= first <= 19:
             i += 1
             continue
         hit = None
         j = i
         size = 0
-        while j < len(groups) and size + len(groups[j]) <= 19:
-            size += len(groups[j])
+        while j < len(spans) and size + spans[j][1] - spans[j][0] <= 19:
+            size += spans[j][1] - spans[j][0]
             j += 1
         while j > i and size >= 13:
-            window = run[starts[i] : starts[j - 1] + len(groups[j - 1])]
+            window = run[spans[i][0] : spans[j - 1][1]]
             if _card_valid(window):
-                start = run_start + starts[i]
+                start = run_start + spans[i][0]
                 yield Finding("CREDIT_CARD", start, start + len(window), window, 0.9)
                 hit = j
                 break
             j -= 1
-            size -= len(groups[j])
+            size -= spans[j][1] - spans[j][0]
         i = hit if hit is not None else i + 1
 
 
@@ -303,68 +324,27 @@ def _iban_end(text: str, start: int, end: int) -> int | None:
     The candidate may run on into a following 4-character token: it is cut at the length
     registered for its country, which must fall between two groups.
     """
-    length = _IBAN_LENGTHS.get(text[start : start + 2])
+    # Lower case ("de89 3704...") and dashes ("DE89-3704-...") are accepted, one kind of
+    # separator per IBAN.
+    length = _IBAN_LENGTHS.get(text[start : start + 2].upper())
     if length is None:
         return None
-    compact = text[start:end].replace(" ", "")
+    candidate = text[start:end]
+    if " " in candidate and "-" in candidate:
+        return None
+    compact = candidate.replace(" ", "").replace("-", "").upper()
     if len(compact) < length:
         return None
     if len(compact) > length:
         end = start
         seen = 0
         while seen < length:
-            seen += text[end] != " "
+            seen += text[end] != " " and text[end] != "-"
             end += 1
-        if text[end] != " ":
+        if text[end] != " " and text[end] != "-":
             return None
         compact = compact[:length]
     return end if _iban_checksum_valid(compact) else None
-
-
-# -- international phones
-
-_PHONE_LAST_GROUP = re.compile(r"[ .-][0-9]+$")
-_CC_ONE = frozenset("17")
-_CC_TWO = frozenset(map(str, (
-    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
-    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
-)))  # fmt: skip
-# Every other assigned calling code has three digits and starts with one of these.
-_CC_THREE_PREFIXES = frozenset(map(str, (
-    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
-)))  # fmt: skip
-
-
-def _calling_code(digits: str) -> str | None:
-    if digits[0] in _CC_ONE:
-        return digits[0]
-    if digits[:2] in _CC_TWO:
-        return digits[:2]
-    if digits[:2] in _CC_THREE_PREFIXES:
-        return digits[:3]
-    return None
-
-
-def _intl_phone_valid(candidate: str) -> bool:
-    digits = _NON_DIGITS.sub("", candidate.replace("(0)", ""))
-    if not 8 <= len(digits) <= 15:
-        return False
-    code = _calling_code(digits)
-    if code is None:
-        return False
-    national = digits[len(code) :]
-    return _nanp_valid(national) if code == "1" else len(national) >= 6
-
-
-def _intl_phone_end(text: str, start: int, end: int) -> int | None:
-    # A trailing group may be an unrelated number ("call +1 415 555 0132 24/7").
-    candidate = text[start:end]
-    while not _intl_phone_valid(candidate):
-        tail = _PHONE_LAST_GROUP.search(candidate)
-        if tail is None:
-            return None
-        candidate = candidate[: tail.start()]
-    return start + len(candidate)
 
 
 def _find_numeric(
@@ -390,32 +370,38 @@ def _find_numeric(
             else:
                 pos = covered
         elif kind == "iban":
+            start -= 2
             iban_end = _iban_end(text, start, pos)
             if iban_end is None:
-                pos = start + 2
+                pos = start + 3
             else:
                 yield Finding("IBAN_CODE", start, iban_end, text[start:iban_end], 0.95)
                 pos = iban_end
-        elif kind == "intl_phone":
-            phone_end = _intl_phone_end(text, start, pos)
-            if phone_end is None:
-                pos = start + 1
-            else:
-                yield Finding("PHONE_NUMBER", start, phone_end, text[start:phone_end], 0.75)
-                pos = phone_end
         elif kind == "ipv4":
             if _ipv4_valid(value := m.group()):
                 yield Finding("IP_ADDRESS", start, pos, value, 0.8)
         elif kind == "ssn":
             value = m.group()
-            if _ssn_valid(value.replace(value[3], "")):
-                yield Finding("US_SSN", start, pos, value, 0.85 if value[3] == "-" else 0.6)
-        elif kind == "phone" or kind == "paren_phone":
-            value = m.group()
-            if _nanp_valid(_NON_DIGITS.sub("", value)[-10:]):
-                yield Finding("PHONE_NUMBER", start, pos, value, 0.7)
+            sep = value[3]
+            ssn_digits = value.replace(sep, "")
+            # Dots and spaces only after an SSN word; a word also vouches for 9xx areas and repeated
+            # digits. Well-known example values ("123-45-6789") are masked like real ones.
+            valid = _ssn_valid(ssn_digits)
+            if (sep == "-" and valid) or (
+                _ssn_context_near(text, start) and (valid or _ssn_plausible(ssn_digits))
+            ):
+                yield Finding("US_SSN", start, pos, value, 0.85)
+
         elif _ssn_valid(value := m.group()) and _ssn_context_near(text, start):
             yield Finding("US_SSN", start, pos, value, 0.7)
+
+
+# --------------------------------------------------------------------------- PHONE_NUMBER
+
+
+def _find_phones(text: str) -> Iterator[Finding]:
+    for start, end in find_phones(text):
+        yield Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
 
 
 # --------------------------------------------------------------------------- IPv6
@@ -481,6 +467,14 @@ _GITHUB_TOKEN = re.compile(r"gh(?<!\wgh)[pousr]_[A-Za-z0-9]{36,255}(?!\w)", re.A
 _GITHUB_PAT = re.compile(r"github_pat_(?<!\wgithub_pat_)\w{22,255}", re.ASCII)
 _AWS_KEY_ID = re.compile(r"A(?<![A-Za-z0-9]A)[KS]IA[0-9A-Z]{16}(?![A-Za-z0-9])")
 _JWT = re.compile(r"eyJ(?<![\w-]eyJ)[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*", re.ASCII)
+_STRIPE_KEY = re.compile(r"[rs]k_(?<!\w[rs]k_)(?:live|test)_[A-Za-z0-9]{16,}")
+_GOOGLE_KEY = re.compile(r"AIza(?<!\wAIza)[0-9A-Za-z_-]{35}(?![\w-])")
+_GITLAB_TOKEN = re.compile(r"gl(?<![\w-]gl)(?:pat|dt|rt|ptt|cbt)-[0-9A-Za-z_-]{20,}")
+_PREFIXED_TOKEN = re.compile(  # npm, Hugging Face, Anthropic-style, SendGrid, Shopify, PyPI
+    r"(?<![\w-])(?:npm_[A-Za-z0-9]{36}|hf_[A-Za-z0-9]{30,}|SG\.[\w-]{22}\.[\w-]{43}"
+    r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}|pypi-[\w-]{50,})(?![\w-])"
+)
+_BASIC = re.compile(r"\b[Bb]asic[ \t]+([A-Za-z0-9+/]{6,}={0,2})(?![\w+/=])")
 _BEARER = re.compile(r"\b[Bb]earer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)")
 
 
@@ -489,6 +483,14 @@ def _token_like(value: str) -> bool:
     return _HAS_DIGIT(value) is not None or (
         len(value) >= 20 and not value.islower() and not value.isupper()
     )
+
+
+def _basic_credentials(value: str) -> bool:
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in decoded
 
 
 def _find_secrets(text: str) -> list[Finding]:
@@ -506,11 +508,25 @@ def _find_secrets(text: str) -> list[Finding]:
             candidates.extend((m, 0.9) for m in _GITHUB_TOKEN.finditer(text))
         if "github_pat_" in text:
             candidates.extend((m, 0.9) for m in _GITHUB_PAT.finditer(text))
+        if "sk_" in text or "rk_" in text:
+            candidates.extend((m, 0.9) for m in _STRIPE_KEY.finditer(text))
+        if "npm_" in text or "hf_" in text or "shp" in text:
+            candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
+    if "gl" in text and "-" in text:
+        candidates.extend((m, 0.9) for m in _GITLAB_TOKEN.finditer(text))
+    if "SG." in text or "pypi-" in text:
+        candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
+    if "AIza" in text:
+        candidates.extend((m, 0.9) for m in _GOOGLE_KEY.finditer(text))
     if "IA" in text:
         candidates.extend((m, 0.9) for m in _AWS_KEY_ID.finditer(text))
     if "J" in text and "eyJ" in text:
         candidates.extend((m, 0.9) for m in _JWT.finditer(text))
     found = [Finding("SECRET", m.start(), m.end(), m[0], score) for m, score in candidates]
+    if "asic" in text:  # "Basic", "basic": base64 of "user:password"
+        for m in _BASIC.finditer(text):
+            if _basic_credentials(m[1]):
+                found.append(Finding("SECRET", m.start(1), m.end(1), m[1], 0.85))
     if "earer" in text:  # "Bearer", "bearer"
         for m in _BEARER.finditer(text):
             if _token_like(m[1]):
@@ -518,16 +534,38 @@ def _find_secrets(text: str) -> list[Finding]:
     return found
 
 
+# --------------------------------------------------------------------------- in context
+
+
+def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
+    def find(text: str) -> Iterator[Finding]:
+        for start, end in spans(text):
+            yield Finding(entity_type, start, end, text[start:end], score)
+
+    return find
+
+
 # --------------------------------------------------------------------------- registry
 
 _BUILTINS: tuple[Detector, ...] = (
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
-        frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
+        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
         _find_numeric,
     ),
+    Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
     Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
     Detector(frozenset({"SECRET"}), _find_secrets),
+    Detector(
+        frozenset({"DATE_OF_BIRTH"}), _spans_as("DATE_OF_BIRTH", context.find_dates_of_birth, 0.8)
+    ),
+    Detector(frozenset({"PASSPORT"}), _spans_as("PASSPORT", context.find_passports, 0.7)),
+    Detector(
+        frozenset({"US_DRIVER_LICENSE"}),
+        _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
+    ),
+    Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
+    Detector(frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"),
 )
 BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
 
@@ -593,7 +631,25 @@ def unregister_detector(name: str) -> None:
 # --------------------------------------------------------------------------- PIIDetector
 
 
+def _resolve_cluster(cluster: list[Finding], kept: list[Finding]) -> None:
+    """Greedy by priority: higher score first, then the longer span, then the earlier one."""
+    if len(cluster) == 1:
+        kept.append(cluster[0])
+        return
+    chosen: list[Finding] = []
+    starts: list[int] = []
+    for f in sorted(cluster, key=lambda f: (-f.score, f.start - f.end, f.start)):
+        i = bisect.bisect_right(starts, f.start)
+        if (i and chosen[i - 1].end > f.start) or (i < len(chosen) and chosen[i].start < f.end):
+            continue
+        starts.insert(i, f.start)
+        chosen.insert(i, f)
+    kept.extend(chosen)
+
+
 def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
+    # Linear apart from the sort: findings are cut into clusters of transitively overlapping
+    # spans, and only a cluster (a handful of findings in practice) is resolved greedily.
     found.sort(key=_START)
     end = -1
     for f in found:
@@ -602,16 +658,37 @@ def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
         end = f.end
     else:
         return found
-    # Greedy by priority: higher score first, then the longer span, then the earlier one.
     kept: list[Finding] = []
-    starts: list[int] = []
-    for f in sorted(found, key=lambda f: (-f.score, f.start - f.end, f.start)):
-        i = bisect.bisect_right(starts, f.start)
-        if (i and kept[i - 1].end > f.start) or (i < len(kept) and kept[i].start < f.end):
-            continue
-        starts.insert(i, f.start)
-        kept.insert(i, f)
+    cluster: list[Finding] = []
+    end = -1
+    for f in found:
+        if f.start >= end and cluster:
+            _resolve_cluster(cluster, kept)
+            cluster = []
+        cluster.append(f)
+        end = max(end, f.end)
+    _resolve_cluster(cluster, kept)
     return kept
+
+
+def _ner_findings(
+    text: str, spans: Iterable[tuple[str, int, int, float]], validated: list[Finding]
+) -> Iterator[Finding]:
+    """NER spans that overlap no pattern finding: a checksum- or structure-validated value
+    (an IP address, a card, an e-mail) is never cut or relabelled by a model's guess."""
+    taken = sorted((f.start, f.end) for f in validated)
+    starts = [start for start, _ in taken]
+    reach: list[int] = []  # the furthest end among the first i spans
+    for _, end in taken:
+        reach.append(max(end, reach[-1]) if reach else end)
+    size = len(text)
+    for entity_type, start, end, score in spans:
+        if not 0 <= start < end <= size:
+            continue
+        i = bisect.bisect_left(starts, end)  # spans starting before this one ends
+        if i and reach[i - 1] > start:
+            continue
+        yield Finding(entity_type, start, end, text[start:end], score)
 
 
 class PIIDetector:
@@ -663,12 +740,7 @@ class PIIDetector:
             if hint in text:
                 found.extend(find(text))
         if self._ner is not None:
-            size = len(text)
-            found.extend(
-                Finding(entity_type, start, end, text[start:end], score)
-                for entity_type, start, end, score in self._ner(text)
-                if 0 <= start < end <= size
-            )
+            found.extend(_ner_findings(text, self._ner(text), found))
         if self._keep is not None:
             found = [f for f in found if f.entity_type in self._keep]
         if len(found) < 2:

@@ -1,0 +1,151 @@
+"""Entities recognised by a format *and* a context: dates of birth, passports, driver licences,
+UK National Insurance numbers, URLs carrying credentials.
+
+A date, or a 6-9 character code, is PII only when the text says what it is: each finder looks
+for its context words first (one case-insensitive search, skipped when a cheap substring test
+fails) and only then for the value shortly after (or, for dates, shortly before) them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+__all__ = [
+    "find_dates_of_birth",
+    "find_driver_licenses",
+    "find_passports",
+    "find_uk_nino",
+    "find_url_credentials",
+]
+
+Span = tuple[int, int]
+
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+_DATE = re.compile(
+    r"(?<![\w.-])(?:"
+    r"\d{4}[-/.]\d\d?[-/.]\d\d?"  # 1985-01-01
+    r"|\d\d?[-/.]\d\d?[-/.](?:\d{4}|\d\d)"  # 17/06/1976, 02.12.1979, 11/22/72
+    rf"|\d\d?(?:st|nd|rd|th)?[ -](?:of[ ])?{_MONTH}\.?,?[ -]\d{{4}}"  # 15th June 1991, 22-nov-1972
+    rf"|{_MONTH}\.?[ ]\d\d?(?:st|nd|rd|th)?,?[ ]\d{{4}}"  # April 12, 1990
+    r")(?![\w-]|[./]\d)",
+    re.IGNORECASE,
+)
+_BIRTH = re.compile(
+    r"(?:\bborn\b|birth|\bdob\b|\bd\.o\.b\b\.?|\bgeboren|\bnée?\b|\bnacid[oa]|nacimiento|naissance)",
+    re.IGNORECASE,
+)
+_BIRTH_AFTER = 40  # characters from the context word to the date
+_BIRTH_BEFORE = 30  # "1985-01-01 is my birthday"
+_CLAUSE_BREAK = re.compile(r"[,;!?\n]|\.\s+[A-Z]")
+
+
+def _near(
+    text: str, context: re.Pattern[str], value: re.Pattern[str], after: int, before: int
+) -> Iterator[Span]:
+    seen = -1
+    for c in context.finditer(text):
+        for m in value.finditer(text, c.end(), min(len(text), c.end() + after)):
+            if m.start() >= seen and _CLAUSE_BREAK.search(text, c.end(), m.start()) is None:
+                seen = m.end()
+                yield m.span()
+                break
+        else:
+            if before:
+                lowest = max(0, c.start() - before)
+                for m in value.finditer(text, lowest, c.start()):
+                    gap = text[m.end() : c.start()]
+                    if m.start() >= seen and _CLAUSE_BREAK.search(gap) is None:
+                        seen = m.end()
+                        yield m.span()
+
+
+def _any_in(text: str, words: tuple[str, ...]) -> bool:
+    # Plain substring tests are far cheaper than a case-insensitive regex over the text.
+    return any(map(text.__contains__, words))
+
+
+_BIRTH_HINTS = (
+    "born", "Born", "BORN", "irth", "IRTH", "dob", "Dob", "DOB", "d.o.b", "D.O.B", "eboren",
+    "né", "acid", "acimiento", "aissance",
+)  # fmt: skip
+_PASSPORT_HINTS = ("assport", "ASSPORT", "asaporte", "ASAPORTE", "asseport", "eisepass")
+_LICENSE_HINTS = ("icen", "ICEN", "DL")
+
+
+def find_dates_of_birth(text: str) -> Iterator[Span]:
+    if not _any_in(text, _BIRTH_HINTS):
+        return iter(())
+    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE)
+
+
+# A passport number: 6-9 letters and digits with at least one digit ("X1234567", "123456789").
+_DOC_NUMBER = re.compile(r"(?<![\w-])(?=[A-Z0-9]*\d)[A-Z0-9]{6,9}(?![\w-])")
+_PASSPORT = re.compile(r"passport|pasaporte|passeport|reisepass", re.IGNORECASE)
+# US driver licence numbers: 1-9 letters/digits with at least 4 digits, per state format.
+_LICENSE_NUMBER = re.compile(r"(?<![\w-])(?=(?:[A-Z*-]*\d){4})[A-Z0-9][A-Z0-9-]{3,18}(?![\w-])")
+_LICENSE = re.compile(
+    r"driver'?s?\s+licen[cs]e|driving\s+licen[cs]e|\bDL\b|\bDLN\b|licen[cs]e\s+(?:no|number|#)",
+    re.IGNORECASE,
+)
+_DOC_AFTER = 30
+
+
+def find_passports(text: str) -> Iterator[Span]:
+    if not _any_in(text, _PASSPORT_HINTS):
+        return iter(())
+    return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0)
+
+
+def find_driver_licenses(text: str) -> Iterator[Span]:
+    if not _any_in(text, _LICENSE_HINTS):
+        return iter(())
+    return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0)
+
+
+# UK National Insurance number: two letters (not D, F, I, Q, U, V; second not O; not BG, GB,
+# KN, NK, NT, TN, ZZ), six digits, suffix A-D. The compact form needs a context word nearby;
+# the spaced forms ("AZ 12 34 56 A", "AZ 123 456 A") are distinctive on their own.
+# Found at its digits (the scan stops at digits only); the letters before are checked after.
+_NINO = re.compile(
+    r"\d(?:(?<=[A-Z]\d)|(?<=[A-Z] \d))\d(?:[ ]\d\d[ ]\d\d[ ]|\d[ ]\d{3}[ ]|\d{4}[ ]?)[A-D](?!\w)"
+)
+_NINO_PREFIX = re.compile(r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
+_NINO_CONTEXT = re.compile(r"\bNI\b|\bNINO\b|national\s+insurance", re.IGNORECASE)
+_NINO_CONTEXT_WINDOW = 80
+
+
+def find_uk_nino(text: str) -> Iterator[Span]:
+    for m in _NINO.finditer(text):
+        digits = m.start()
+        spaced = digits >= 3 and text[digits - 1] == " "
+        start = digits - 3 if spaced else digits - 2
+        if (
+            start < 0
+            or (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
+            or _NINO_PREFIX.match(text, start, start + 2) is None
+        ):
+            continue
+        value = m.group()
+        # The compact form needs a context word; the spaced forms are distinctive on their own.
+        if (spaced and " " in value) or _NINO_CONTEXT.search(
+            text, max(0, start - _NINO_CONTEXT_WINDOW), start
+        ):
+            yield start, m.end()
+
+
+# scheme://user:password@host — the whole URL is reported (host and path included).
+_URL_CREDENTIALS = re.compile(
+    r"\b[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@[^\s\"'<>]+"
+)
+
+
+def find_url_credentials(text: str) -> Iterator[Span]:
+    for m in _URL_CREDENTIALS.finditer(text):
+        end = m.end()
+        while end > m.start() and text[end - 1] in ".,;:!?)]}":
+            end -= 1
+        yield m.start(), end

@@ -1,0 +1,288 @@
+"""Phone numbers: one regex proposes digit runs, structural rules in Python accept them.
+
+International numbers (``+``, ``(+41)``, ``00``/``011`` prefixes) are checked against the
+assigned country calling codes and, for ``+1``, the NANP rules. National numbers are written
+in too many ways to enumerate per region (``0775 2212 211``, ``(020) 8231 7777``,
+``09-7625400``, ``090-1234-5678``, ``11 1234-5678``, ``06 12 34 56 78``...), so the rules are
+about shape instead: 7 to 13 digits in groups, and none of the shapes that numbers other than
+phones take (dates, IPv4 addresses, SSNs, ZIP+4 codes, thousands, years). A run of digits
+without separators (``0743544311``) is only a phone after a phone word ("phone", "tel",
+"call", "móvil"...) shortly before it, since order numbers and epochs look the same.
+
+``phonenumbers`` (libphonenumber's metadata) was measured as the validator of these candidates
+and left out: see the README's PII section.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+__all__ = ["calling_code", "find_phones", "intl_phone_valid", "nanp_valid"]
+
+_NON_DIGITS = re.compile(r"[^0-9]+")
+_DIGIT_GROUPS = re.compile(r"[0-9]+")
+
+# A digit run with separators: spaces (also non-breaking), ".", "-", "/", parentheses. The
+# first character is tested before the look-behind so the engine skips ahead quickly.
+_SEP = r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2}\(?|\)[ \u00a0]{0,2}|\()"
+_CANDIDATE = re.compile(
+    r"[+(0-9](?<![\w.+/(-][+(0-9])(?<![\w.,][+(]\d)(?<![0-9:]:[+(0-9])"
+    r"(?:(?<=\d)\d*+|(?<=\()\+?[ \u00a0]?\d++|(?<=\+)[ \u00a0]?\d++)"
+    rf"(?:{_SEP}(?=\d)\d++)*+\)?"
+    r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
+)
+_GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
+_CURRENCY = frozenset("$€£¥₹")
+_MAX_CANDIDATE = 40
+# Groups of four (cards) and dotted quads (IPv4): never phones, rejected before any other work.
+_CARD_OR_IP = re.compile(r"\d{4}(?:([ -])\d{4})(?:\1\d{4}){1,3}|\d{1,3}(?:\.\d{1,3}){3}")
+_MAX_WINDOW = 24  # the longest national number with its separators
+
+# Phone words (several languages), up to 40 characters before a digit run without separators.
+_CONTEXT = re.compile(
+    r"(?:phone|tel\b|tel[eé]|t[eé]l\.|tlf|tf\.|\bcall|\bmobile?|\bcell|\bfax|\bdial|whats\s?app"
+    r"|\bsms\b|\bm[oó]vil|\bllam|\bportable|\bhandy|\bruf|\bappel|numbers|n[uúùü]meros"
+    r"|num[eé]ros|numeri|nummern|contact|reach)",
+    re.IGNORECASE,
+)
+_CONTEXT_WINDOW = 40
+
+_DATE = re.compile(
+    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d)"
+)
+_YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
+_THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
+_ZIP4 = re.compile(r"\d{5}-\d{4}")
+# ISBN-like (a single digit last), SSN-like (also with a longer last group).
+_NOT_PHONE = re.compile(r".*[ ./-]\d|\d{3}([ -])\d\d\1\d+")
+# Dates, years, SSN / ZIP+4 / ISBN shapes (a dashed SSN also as the start), in one regex call.
+_NOT_A_PHONE = re.compile(
+    rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
+    rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
+)
+_LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
+
+_CC_ONE = frozenset("17")
+_CC_TWO = frozenset(map(str, (
+    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
+    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+)))  # fmt: skip
+# Every other assigned calling code has three digits and starts with one of these.
+_CC_THREE_PREFIXES = frozenset(map(str, (
+    21, 22, 23, 24, 25, 26, 29, 35, 37, 38, 42, 50, 59, 67, 68, 69, 80, 85, 87, 88, 96, 97, 99,
+)))  # fmt: skip
+
+
+def nanp_valid(national: str) -> bool:
+    return (
+        len(national) == 10
+        and national[0] >= "2"
+        and national[1:3] != "11"
+        and national[3] >= "2"
+        and national[4:6] != "11"
+    )
+
+
+def calling_code(digits: str) -> str | None:
+    if digits[0] in _CC_ONE:
+        return digits[0]
+    if digits[:2] in _CC_TWO:
+        return digits[:2]
+    if digits[:2] in _CC_THREE_PREFIXES:
+        return digits[:3]
+    return None
+
+
+def intl_phone_valid(digits: str) -> bool:
+    """``digits``: the number after ``+``, trunk ``(0)`` removed."""
+    if not 8 <= len(digits) <= 15:
+        return False
+    code = calling_code(digits)
+    if code is None:
+        return False
+    national = digits[len(code) :]
+    if code == "1":
+        # Fictional 555 numbers and 1xx exchanges are still someone's way to write a phone.
+        return len(national) == 10 and national[0] >= "2"
+    return len(national) >= 6
+
+
+def _context_before(text: str, start: int) -> bool:
+    lowest = max(0, start - _CONTEXT_WINDOW)
+    window = text[lowest:start]
+    cut = window.rfind("\n")
+    return _CONTEXT.search(window, cut + 1) is not None
+
+
+def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
+    n = len(digits)
+    if not 7 <= n <= 12:
+        return False
+    grouped = digits != value
+    if not grouped and digits.startswith("123456789"):
+        return False  # a placeholder ("123456789", "1234567890"), not a number to protect
+    if not grouped:
+        return n <= 11 and _context_before(text, start)
+    if _NOT_A_PHONE.match(value) or (
+        _THOUSANDS.fullmatch(value) and not _context_before(text, start)
+    ):
+        return False
+    groups = _DIGIT_GROUPS.findall(value)
+    if any(len(g) == 1 for g in groups[1:]):
+        return False  # "1 2 3 4 5", ISBNs: counting, not dialling
+    if len(groups) >= 4 and all(
+        int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
+    ):
+        return False  # "10 11 12 13 14": counting
+    if len(groups) >= 3 and all(len(g) == 4 for g in groups):
+        return False  # part of a card number
+    dotted = value.split(".")
+    if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
+        return False  # an IPv4 address, valid or not
+    if n <= 8:
+        return _LOCAL_7.fullmatch(value) is not None or _context_before(text, start)
+    return True
+
+
+def _intl_digits(value: str) -> str | None:
+    """The digits after an international prefix, or None when there is none."""
+    head = value.lstrip("(")
+    if head.startswith("+"):
+        return _NON_DIGITS.sub("", value.replace("(0)", ""))
+    if value.startswith("011") or (value.startswith("00") and value[2:].lstrip(" ")[:1] > "0"):
+        skip = 3 if value[1] == "1" else 2
+        # The first group holds the prefix and, when glued to it, a whole calling code
+        # ("0044 20...", "001-212..."), never part of one ("002-01-0001").
+        first = _DIGIT_GROUPS.match(value)
+        code = first.group()[skip:] if first else ""
+        if code and calling_code(code + "0000000") != code:
+            return None
+        return _NON_DIGITS.sub("", value)[skip:]
+    return None
+
+
+_LAST_GROUP = re.compile(r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2})\(?\d+\)?$")
+
+
+def _phone_end(text: str, start: int, value: str) -> int | None:
+    """End of the phone at the start of ``value`` (trailing groups may be another number)."""
+    while True:
+        intl = _intl_digits(value)
+        if intl is not None:
+            if intl_phone_valid(intl):
+                return start + len(value)
+        else:
+            digits = _NON_DIGITS.sub("", value)
+            if len(digits) > 1 and _national_valid(value, digits, text, start):
+                return start + len(value)
+            return None  # "4567-8901-2345-6789" is no phone followed by a number
+        tail = _LAST_GROUP.search(value)
+        if tail is None or not tail.start():
+            return None
+        value = value[: tail.start()]
+
+
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+
+
+def _after_ipv6(text: str, start: int) -> bool:
+    # Two or more colons in the run of hex digits and colons just before ``start``.
+    j = start
+    lowest = max(0, start - 45)
+    while j > lowest and text[j - 1] in _HEX_COLON:
+        j -= 1
+    return text.count(":", j, start) >= 2
+
+
+def find_phones(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of phone numbers in ``text``."""
+    pos = 0
+    search = _CANDIDATE.search
+    while (m := search(text, pos)) is not None:
+        start, end = m.span()
+        pos = end
+        if end - start < 7 or (start and text[start - 1] in _CURRENCY):
+            continue  # too short for 7 digits ("12", "2024", "10:30")
+        value = m.group()
+        if start and text[start - 1] == ":" and _after_ipv6(text, start):
+            # "::e:0 (415) 555-0132": the first group ends an IPv6 address.
+            cut = value.find(" ")
+            if cut == -1:
+                continue
+            pos = start + cut
+            continue
+        ext = m.start("ext")
+        if ext != -1:
+            value = value[: ext - start]
+        elif _GLUED_AFTER.match(text, end):
+            # "2024-05-01T12:30" or "555-123-4567-A": the last chunk is no phone; what is
+            # before its whitespace may be one.
+            cut = max(value.rfind(" "), value.rfind("\u00a0"))
+            if cut > 0:
+                yield from _windows(text, start, value[:cut].rstrip(" \u00a0"), whole=True)
+            continue
+        if _CARD_OR_IP.fullmatch(value):
+            continue  # the numeric detector's (checked there by Luhn / parsing)
+        if len(value) > _MAX_CANDIDATE:
+            # A long run of digit groups: only short whitespace-delimited windows are tried.
+            yield from _windows(text, start, value, whole=True)
+            continue
+        if value.count(")") > value.count("("):
+            value = value.rstrip(")")
+        elif value[0] == "(" and value.find(")") == len(value) - 1 and value[1] != "+":
+            start += 1  # "(020 8231 7777)": the number inside the parentheses
+            value = value[1:-1]
+        phone_end = _phone_end(text, start, value)
+        if phone_end is not None:
+            if ext != -1 and phone_end == start + len(value):
+                phone_end = end
+            elif phone_end < start + len(value):
+                pos = phone_end  # "+1 415 555 0132 (415) 555-0133": the rest is scanned again
+            yield start, phone_end
+        elif (" " in value or "\u00a0" in value) and value.lstrip("(")[0] != "+":
+            # Several numbers in a row ("0.0.0.0 (415) 555-0132", "415 555 0132 415 555 0133"):
+            # whitespace-delimited windows, longest first (a bounded number of tries).
+            yield from _windows(text, start, value)
+
+
+def _is_group4(value: str, span: tuple[int, int]) -> bool:
+    return span[1] - span[0] == 4 and value[span[0] : span[1]].isdigit()
+
+
+_CHUNK = re.compile(r"[^ \u00a0]+")
+
+
+def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator[tuple[int, int]]:
+    chunks = [m.span() for m in _CHUNK.finditer(value)]
+    # Digits before each chunk: windows with too few or too many digits are never tried.
+    before = [0]
+    for a, b in chunks:
+        before.append(before[-1] + sum(c.isdigit() for c in value[a:b]))
+    i = 0
+    while i < len(chunks):
+        first = chunks[i][0]
+        if i and _is_group4(value, chunks[i - 1]) and _is_group4(value, chunks[i]):
+            i += 1  # inside a run of 4-digit groups (a card, not a phone)
+            continue
+        last = i
+        while last + 1 < len(chunks) and chunks[last + 1][1] - first <= _MAX_WINDOW:
+            last += 1
+        for j in range(last, i - 1, -1):
+            if (i, j) == (0, len(chunks) - 1) and not whole:
+                continue  # the whole value was tried already
+            window = value[first : chunks[j][1]]
+            if (
+                not 7 <= before[j + 1] - before[i] <= 15
+                or window[0] in "./-"
+                or window[-1] in "./-("
+            ):
+                continue
+            phone_end = _phone_end(text, start + first, window)
+            if phone_end is not None:
+                yield start + first, phone_end
+                # Go on after the phone, which may end before the window does.
+                while i + 1 < len(chunks) and chunks[i + 1][0] < phone_end - start:
+                    i += 1
+                break
+        i += 1
