@@ -22,7 +22,8 @@ samples, and verdicts for the targets: p99 <= reference p99 + 5 ms, provider con
 idle <= 64, RSS and fds flat (+-10 %) over the last two thirds, probes answered at the
 provider's own rate.
 
-Usage: ``python bench/soak.py [--minutes 3] [--servers uvicorn,gunicorn] [--concurrency 50]``.
+Usage: ``python bench/soak.py [--minutes 3] [--servers uvicorn,gunicorn] [--concurrency 50]
+[--no-breaker]``.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ PROBES = 12
 CPU_REQUESTS = 300
 
 
+BREAKER_FAILURES = 5  # the default; --no-breaker sets it out of reach
+
+
 def server_for(kind: str, provider: str) -> AbstractContextManager[Server]:
     extra = {
         "max_in_flight": 128,
+        "breaker_failures": BREAKER_FAILURES,
         "providers": [{"kind": "openai", "base_url": provider, "model": "fake", "max_retries": 1}],
     }
     env = {
@@ -284,7 +289,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--servers", default="uvicorn,gunicorn")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--no-breaker",
+        action="store_true",
+        help="breaker out of reach: every request reaches the faulty provider (pool's worst case)",
+    )
     args = parser.parse_args()
+    if args.no_breaker:
+        global BREAKER_FAILURES
+        BREAKER_FAILURES = 1_000_000_000
+        print("breaker: off (breaker_failures out of reach)")
     print(environment_line())
     print(source_line())
     for kind in args.servers.split(","):
