@@ -413,9 +413,13 @@ def test_asgi_short_body_reaches_the_app_as_without_us(messages: list[dict[str, 
 # -- logging that costs what it is worth (issue 14) ------------------------------------------
 
 
-def test_cache_hit_lines_are_sampled_and_say_for_how_many() -> None:
+def test_cache_hit_lines_are_sampled_and_say_for_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_middleware import observability
     from llm_middleware.llm import CallStats
     from llm_middleware.observability import log_request
+
+    # The count is process-wide: start it where earlier tests' cache hits cannot shift it.
+    monkeypatch.setattr(observability, "_cached_skipped", 0)
 
     def log(outcome: str, *, cache_hits: int, llm_calls: int, sample: float) -> None:
         result = LLMResult(rule="/r")
