@@ -123,10 +123,11 @@ def test_wrapped_view_sees_what_the_bare_view_sees(serve: Serve, fault_server: F
             bare = client.post("/echo" + url, content=body, headers=headers)
             wrapped = client.post(path + url, content=body, headers=headers)
             assert _view(wrapped) == _view(bare), (kind, body, query)
-            # Masking ran and found nothing (on a busy machine it may time out instead, and
-            # the request must then be identical all the same).
+            # Masking ran and found nothing. On a busy machine it may instead run out of time
+            # or not be admitted (timeout, skipped: masking_busy / too_large_for_budget); the
+            # request must then be identical all the same. Never a bug of ours.
             outcome = wrapped.json()["outcomes"]["pii_masking"]
-            assert outcome in ("ok", "timeout"), (kind, body, outcome)
+            assert outcome in ("ok", "timeout", "skipped"), (kind, body, outcome)
             cases[kind] += outcome == "ok"
 
         @settings(max_examples=25, deadline=None, database=None,
