@@ -305,17 +305,27 @@ class Engine:
         ctx: RequestContext | None = result.context
         if ctx is None:
             return
+        result.added_ms += await self._respond(
+            rule, ctx, result.added_ms, response, "engine.response"
+        )
+
+    async def _respond(
+        self, rule: CompiledRule, ctx: RequestContext, spent_ms: float,
+        response: ResponseExchange, where: str,
+    ) -> float:  # fmt: skip
+        """The response interceptors in what the request side left of the budget; a bug of
+        ours drops what we changed. Returns the ms spent."""
         started = Deadline(0)
-        ctx.deadline = Deadline(max(0.0, rule.budget_s - result.added_ms / 1000.0))
+        ctx.deadline = Deadline(max(0.0, rule.budget_s - spent_ms / 1000.0))
         try:
             await self._run_response_interceptors(rule, ctx, response)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log_internal_error("engine.response", exc)
+            log_internal_error(where, exc)
             response.new_body = None
             response.set_headers.clear()
-        result.added_ms += started.elapsed_ms()
+        return started.elapsed_ms()
 
     async def _shadow_response(
         self,
@@ -330,14 +340,7 @@ class Engine:
         if req is None or ctx is None:
             return
         req.context = None
-        started = Deadline(0)
-        ctx.deadline = Deadline(max(0.0, rule.budget_s - req.added_ms / 1000.0))
-        try:
-            await self._run_response_interceptors(rule, ctx, response)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log_internal_error("engine.shadow_response", exc)
+        spent_ms = await self._respond(rule, ctx, req.added_ms, response, "engine.shadow_response")
         names = {i.name for i in rule.response_interceptors}
         try:
             logger.info(
@@ -345,7 +348,7 @@ class Engine:
                 rule=rule.label,
                 outcomes={k: v for k, v in req.outcomes.items() if k in names},
                 reasons={k: v for k, v in req.reasons.items() if k in names},
-                added_ms=round(started.elapsed_ms(), 2),
+                added_ms=round(spent_ms, 2),
             )
         except Exception as exc:
             log_internal_error("log_shadow_response", exc)
