@@ -2,7 +2,7 @@
 
 Every wait is bounded by the request's ``Deadline``; a provider timeout is only a per-attempt
 cap, never the guard. Upstream calls run on the per-process background loop and are never
-cancelled inside httpx (see ``LLMClient``).
+cancelled inside httpcore (see ``LLMClient``).
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ import random
 import ssl
 import threading
 import time
+import urllib.request
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-# What httpx, httpcore and anyio import lazily, imported here at start-up: on a request's
+# What httpcore and anyio import lazily, imported here at start-up: on a request's
 # path it would cost tens of ms (and the import lock, which stalls every other thread).
 import anyio._backends._asyncio  # noqa: F401
 import certifi
 import h11  # noqa: F401
+import httpcore
 import httpcore._async.connection_pool  # noqa: F401  (and httpcore's trio support)
 import httpcore._backends.anyio  # noqa: F401
-import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
 
@@ -56,7 +57,7 @@ ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
-# An attempt's httpx timeouts end this long after the shared call's deadline: its callers
+# An attempt's httpcore timeouts end this long after the shared call's deadline: its callers
 # stop waiting first, and the attempt's end (a normal close) happens off their clock.
 _GRACE_S = 0.02
 _JOIN_GRACE_S = 0.002  # a joiner waits this long past the shared deadline for its answer
@@ -68,6 +69,8 @@ _HANG_FLOOR_S = 0.1
 _HANG_FACTOR = 3.0
 _ERROR_BODY_CAP = 64 * 1024
 _CLOSE_TIMEOUT_S = 5.0
+_KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's default)
+_USER_AGENT = b"llm-middleware"
 
 
 @dataclass
@@ -166,22 +169,19 @@ class _Shared:
 
 class LLMClient:
     """Every upstream call runs as a task on the one per-process background loop
-    (``bridge.BACKGROUND``), whatever loop or thread asked for it: one httpx client and
+    (``bridge.BACKGROUND``), whatever loop or thread asked for it: one httpcore
     connection pool per client per process, nothing tied to a host's event loop, any async
     backend (asyncio, trio) on the caller's side.
 
-    Callers stop *waiting* at their deadline; nothing is ever cancelled inside httpx (which
-    can leak a pool slot for good, httpcore #1093): each attempt is bounded by httpx's own
+    Callers stop *waiting* at their deadline; nothing is ever cancelled inside httpcore (which
+    can leak a pool slot for good, httpcore #1093): each attempt is bounded by httpcore's own
     timeouts, set from what is left of the shared call's deadline, and by a deadline check
     between body chunks."""
 
-    def __init__(
-        self, config: Config, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.providers: Sequence[ProviderConfig] = tuple(config.providers)
         self.max_in_flight = config.max_in_flight
         self.max_response_bytes = config.max_llm_response_bytes
-        self._transport = transport
         self._chain_id = tuple(p.label for p in self.providers)
         self._cache: TTLCache[tuple[Any, ...], BaseModel] | None = (
             TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl_s)
@@ -197,7 +197,11 @@ class LLMClient:
         # Typical time of a successful attempt per provider (EWMA): the breaker's yardstick.
         self._typical_s = {p.label: 0.0 for p in self.providers}
         self._pending: dict[tuple[Any, ...], _Shared] = {}
-        self._client: httpx.AsyncClient | None = None  # created on the background loop
+        # httpcore connection pools by proxy URL ("" = direct), created on the background loop.
+        # httpcore rather than httpx: httpx's request path (URL model, cookies, event hooks,
+        # header models) cost about half of the CPU of an LLM call (issue 14).
+        self._pools: dict[str, httpcore.AsyncConnectionPool] = {}
+        self._routes: dict[str, _Route] = {}  # by provider URL: parsed URL, headers, proxy
         # An instance dropped without close() still closes its pooled connections (on the
         # loop) rather than leave them to the GC's ResourceWarning.
         self._holder = _Holder()
@@ -213,7 +217,7 @@ class LLMClient:
         # parent's loop are gone in the child.
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._client = None
+        self._pools = {}
         self._pending = {}
         self._tasks = set()
 
@@ -275,7 +279,7 @@ class LLMClient:
         raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
 
     async def aclose(self) -> None:
-        """Cancel the calls still going on in the background and close the httpx client:
+        """Cancel the calls still going on in the background and close the connection pools:
         shutdown never waits on a provider. Callable from any loop or backend."""
         loop = BACKGROUND.current()
         if loop is None:
@@ -399,30 +403,28 @@ class LLMClient:
             # Set last: a caller woken by it finds the cache filled and the slot released.
             shared.future.set_result(result)
 
-    def _http(self) -> httpx.AsyncClient:
-        client = self._client
-        if client is None or client.is_closed:
-            client = self._client = self._holder.client = httpx.AsyncClient(
-                transport=self._transport,
-                verify=ssl_context(),
+    def _pool(self, proxy: str) -> httpcore.AsyncConnectionPool:
+        pool = self._pools.get(proxy)
+        if pool is None:
+            pool = self._pools[proxy] = self._holder.pools[proxy] = httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context(),
+                proxy=httpcore.Proxy(proxy) if proxy else None,
                 # Room for every call the in-flight cap lets through: no call ever waits in
                 # the pool, where a pool timeout can strand a freshly assigned connection
                 # for good (seen with httpcore 1.0.9 under contention).
-                limits=httpx.Limits(
-                    max_connections=self.max_in_flight * 2,
-                    max_keepalive_connections=self.max_in_flight,
-                ),
-                follow_redirects=False,
+                max_connections=self.max_in_flight * 2,
+                max_keepalive_connections=self.max_in_flight,
+                keepalive_expiry=_KEEPALIVE_S,
             )
-        return client
+        return pool
 
     async def _aclose_here(self) -> None:
         # Close the pool first: calls in flight fail on their closed connections and end
         # normally; cancelling them inside httpcore could drop a socket unclosed.
-        client, self._client = self._client, None
-        self._holder.client = None
-        if client is not None:
-            await client.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        self._holder.pools = {}
+        for pool in pools:
+            await pool.aclose()
         for task in list(self._tasks):
             task.cancel()
 
@@ -530,71 +532,139 @@ class LLMClient:
                 ]
 
     async def _post(self, request: WireRequest, timeout: float, deadline: Deadline) -> bytes:
-        """One HTTP attempt, ended only by httpx's own timeouts (``timeout``: every phase,
-        pool wait included) or by leaving the stream context normally: never cancelled."""
-        client = self._http()
+        """One HTTP attempt, ended only by httpcore's own timeouts (``timeout``: every phase,
+        pool wait included) or by closing the response normally: never cancelled."""
+        route = self._routes.get(request.url)
+        if route is None:
+            route = self._routes[request.url] = _Route.of(request.url)
+        content = request.content
+        headers = [
+            *route.headers,
+            (b"Content-Length", str(len(content)).encode()),
+            *((k.encode(), v.encode()) for k, v in request.headers.items()),
+        ]
+        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         try:
-            async with client.stream(
-                "POST",
-                request.url,
-                content=request.content,
-                headers=request.headers,
-                timeout=httpx.Timeout(timeout),
-            ) as response:
-                status = response.status_code
-                if status >= 400:
-                    # Read a bounded error body, so that the connection goes back to the pool
-                    # instead of being dropped (a new connection per error answer otherwise).
-                    await _drain(response, deadline)
-                    if status in _RETRY_STATUSES:
-                        raise _Retryable(
-                            f"http_{status}", _retry_after(response.headers.get("retry-after"))
-                        )
-                    raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
-                    raise LLMTransportError("answer too large", reason="too_large")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_raw():
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise LLMTransportError("answer too large", reason="too_large")
-                    chunks.append(chunk)
-                    if deadline.remaining() <= 0 and time.monotonic() > deadline.end + _GRACE_S:
-                        raise _Retryable("provider_timeout")  # a drip: leave, a normal close
-                return b"".join(chunks)
-        except httpx.TimeoutException:
+            response = await self._pool(route.proxy).handle_async_request(
+                httpcore.Request(
+                    b"POST",
+                    route.url,
+                    headers=headers,
+                    content=content,
+                    extensions={"timeout": phases},
+                )
+            )
+            try:
+                return await self._read(response, deadline)
+            finally:
+                # Hands a fully read connection back to the pool, closes any other one.
+                await response.aclose()
+        except httpcore.TimeoutException:
             raise _Retryable("provider_timeout") from None
-        except httpx.TransportError as exc:
+        except (
+            httpcore.NetworkError,
+            httpcore.ProtocolError,
+            httpcore.ProxyError,
+            httpcore.UnsupportedProtocol,
+        ) as exc:
             raise _Retryable(f"transport_{type(exc).__name__}") from None
 
+    async def _read(self, response: httpcore.Response, deadline: Deadline) -> bytes:
+        status = response.status
+        if status >= 400:
+            # Read a bounded error body, so that the connection goes back to the pool
+            # instead of being dropped (a new connection per error answer otherwise).
+            await _drain(response, deadline)
+            if status in _RETRY_STATUSES:
+                raise _Retryable(f"http_{status}", _retry_after(_header(response, b"retry-after")))
+            raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
+        declared = _header(response, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise LLMTransportError("answer too large", reason="too_large")
+        chunks: list[bytes] = []
+        size = 0
+        stream = response.stream
+        assert isinstance(stream, AsyncIterable)
+        async for chunk in stream:
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise LLMTransportError("answer too large", reason="too_large")
+            chunks.append(chunk)
+            if deadline.remaining() <= 0 and time.monotonic() > deadline.end + _GRACE_S:
+                raise _Retryable("provider_timeout")  # a drip: leave, a normal close
+        return b"".join(chunks)
 
-async def _drain(response: httpx.Response, deadline: Deadline) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a provider URL needs per request, worked out once: the parsed URL, the fixed
+    headers, and the pool to use (the proxy the environment names for it, as httpx did)."""
+
+    url: httpcore.URL
+    headers: tuple[tuple[bytes, bytes], ...]
+    proxy: str
+
+    @classmethod
+    def of(cls, url: str) -> _Route:
+        parsed = httpcore.URL(url)
+        host = parsed.host
+        default_port = {b"http": 80, b"https": 443}.get(parsed.scheme)
+        if parsed.port is not None and parsed.port != default_port:
+            host += b":" + str(parsed.port).encode()
+        headers = ((b"Host", host), (b"User-Agent", _USER_AGENT), (b"Accept", b"*/*"))
+        return cls(parsed, headers, _environment_proxy(url))
+
+
+def _environment_proxy(url: str) -> str:
+    """The proxy the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
+    names for ``url``, or ``""``."""
+    proxies = urllib.request.getproxies_environment()
+    scheme, _, rest = url.partition("://")
+    proxy = proxies.get(scheme) or proxies.get("all") or ""
+    if not proxy:
+        return ""
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if urllib.request.proxy_bypass(host):  # NO_PROXY
+        return ""
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _drain(response: httpcore.Response, deadline: Deadline) -> None:
     size = 0
-    async for chunk in response.aiter_raw():
+    stream = response.stream
+    assert isinstance(stream, AsyncIterable)
+    async for chunk in stream:
         size += len(chunk)
         if size > _ERROR_BODY_CAP or time.monotonic() > deadline.end + _GRACE_S:
             return  # not worth it: the connection is closed instead
 
 
 class _Holder:
-    """The httpx client of an ``LLMClient``, reachable by its finalizer (not the instance)."""
+    """The connection pools of an ``LLMClient``, reachable by its finalizer (not the
+    instance)."""
 
-    __slots__ = ("client",)
+    __slots__ = ("pools",)
 
     def __init__(self) -> None:
-        self.client: httpx.AsyncClient | None = None
+        self.pools: dict[str, httpcore.AsyncConnectionPool] = {}
 
     def close_soon(self) -> None:
-        client, self.client = self.client, None
+        pools, self.pools = list(self.pools.values()), {}
         loop = BACKGROUND.current()
-        if client is None or loop is None or loop.is_closed():
+        if not pools or loop is None or loop.is_closed():
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(
-                _start_task, loop, client.aclose(), context=contextvars.Context()
-            )
+        for pool in pools:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(
+                    _start_task, loop, pool.aclose(), context=contextvars.Context()
+                )
 
 
 _ORPHANS: set[asyncio.Task[Any]] = set()  # tasks nobody else holds: kept alive until done
