@@ -38,6 +38,7 @@ from ..bridge import BACKGROUND, wait_future
 from ..config import Anthropic, Config, OpenAICompatible, Prompt
 from ..deadline import Deadline
 from ..inline import need_loop
+from .backend import AsyncioBackend
 from .errors import (
     CircuitOpen,
     LLMConfigError,
@@ -71,6 +72,8 @@ _ERROR_BODY_CAP = 64 * 1024
 _CLOSE_TIMEOUT_S = 5.0
 _KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's default)
 _USER_AGENT = b"llm-middleware"
+# The pools run on the background loop only, which is asyncio: no anyio layer under httpcore.
+_NETWORK = AsyncioBackend()
 
 
 @dataclass
@@ -415,6 +418,7 @@ class LLMClient:
                 max_connections=self.max_in_flight * 2,
                 max_keepalive_connections=self.max_in_flight,
                 keepalive_expiry=_KEEPALIVE_S,
+                network_backend=_NETWORK,
             )
         return pool
 
