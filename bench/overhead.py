@@ -364,10 +364,13 @@ def inprocess_row(
             f"≤ {CACHE_HIT_MAX_ADDED_US:.0f} µs",
         ]
         return Row(cells, added_p50 <= CACHE_HIT_MAX_ADDED_US)
-    ratio = median([b.p50_us / o.p50_us for b, o in zip(bare, other, strict=True)])
+    ratios = [b.p50_us / o.p50_us for b, o in zip(bare, other, strict=True)]
+    ratio = median(ratios)
     ratio_mean = median([b.mean_us / o.mean_us for b, o in zip(bare, other, strict=True)])
+    spread = f"rounds p25–p75 {percentile(ratios, 25):.3f}–{percentile(ratios, 75):.3f}"
     cells.append(
-        f"{ratio:.3f}× req/s ({added_p50:+.2f} µs; mean {ratio_mean:.3f}×, {added_mean:+.2f} µs)"
+        f"{ratio:.3f}× req/s ({added_p50:+.2f} µs; {spread}; mean {ratio_mean:.3f}×, "
+        f"{added_mean:+.2f} µs)"
     )
     if kind == "floor":
         return Row([*cells, "(floor)"])
