@@ -14,6 +14,7 @@ import contextvars
 import email.utils
 import os
 import random
+import re
 import ssl
 import threading
 import time
@@ -21,7 +22,7 @@ import urllib.request
 import weakref
 from collections.abc import AsyncIterable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 # What httpcore and anyio import lazily, imported here at start-up: on a request's
 # path it would cost tens of ms (and the import lock, which stalls every other thread).
@@ -38,6 +39,7 @@ from ..bridge import BACKGROUND, wait_future
 from ..config import Anthropic, Config, OpenAICompatible, Prompt
 from ..deadline import Deadline
 from ..inline import need_loop
+from . import http11
 from .backend import AsyncioBackend
 from .errors import (
     CircuitOpen,
@@ -200,11 +202,12 @@ class LLMClient:
         # Typical time of a successful attempt per provider (EWMA): the breaker's yardstick.
         self._typical_s = {p.label: 0.0 for p in self.providers}
         self._pending: dict[tuple[Any, ...], _Shared] = {}
-        # httpcore connection pools by proxy URL ("" = direct), created on the background loop.
-        # httpcore rather than httpx: httpx's request path (URL model, cookies, event hooks,
-        # header models) cost about half of the CPU of an LLM call (issue 14).
-        self._pools: dict[str, httpcore.AsyncConnectionPool] = {}
-        self._routes: dict[str, _Route] = {}  # by provider URL: parsed URL, headers, proxy
+        # Connection pools, created on the background loop: our own small HTTP/1.1 client
+        # for direct routes (httpx's and httpcore's request machinery cost more CPU than the
+        # rest of an LLM call, issue 14), httpcore for routes through a proxy, by proxy URL.
+        self._direct: http11.Pool | None = None
+        self._proxied: dict[str, httpcore.AsyncConnectionPool] = {}
+        self._routes: dict[str, _Route] = {}  # by provider URL
         # An instance dropped without close() still closes its pooled connections (on the
         # loop) rather than leave them to the GC's ResourceWarning.
         self._holder = _Holder()
@@ -220,7 +223,8 @@ class LLMClient:
         # parent's loop are gone in the child.
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._pools = {}
+        self._direct = None
+        self._proxied = {}
         self._pending = {}
         self._tasks = set()
 
@@ -406,28 +410,15 @@ class LLMClient:
             # Set last: a caller woken by it finds the cache filled and the slot released.
             shared.future.set_result(result)
 
-    def _pool(self, proxy: str) -> httpcore.AsyncConnectionPool:
-        pool = self._pools.get(proxy)
-        if pool is None:
-            pool = self._pools[proxy] = self._holder.pools[proxy] = httpcore.AsyncConnectionPool(
-                ssl_context=ssl_context(),
-                proxy=httpcore.Proxy(proxy) if proxy else None,
-                # Room for every call the in-flight cap lets through: no call ever waits in
-                # the pool, where a pool timeout can strand a freshly assigned connection
-                # for good (seen with httpcore 1.0.9 under contention).
-                max_connections=self.max_in_flight * 2,
-                max_keepalive_connections=self.max_in_flight,
-                keepalive_expiry=_KEEPALIVE_S,
-                network_backend=_NETWORK,
-            )
-        return pool
-
     async def _aclose_here(self) -> None:
-        # Close the pool first: calls in flight fail on their closed connections and end
+        # Close the pools first: calls in flight fail on their closed connections and end
         # normally; cancelling them inside httpcore could drop a socket unclosed.
-        pools, self._pools = list(self._pools.values()), {}
-        self._holder.pools = {}
-        for pool in pools:
+        direct, self._direct = self._direct, None
+        proxied, self._proxied = list(self._proxied.values()), {}
+        self._holder.direct, self._holder.proxied = None, {}
+        if direct is not None:
+            direct.close_all()
+        for pool in proxied:
             await pool.aclose()
         for task in list(self._tasks):
             task.cancel()
@@ -536,33 +527,29 @@ class LLMClient:
                 ]
 
     async def _post(self, request: WireRequest, timeout: float, deadline: Deadline) -> bytes:
-        """One HTTP attempt, ended only by httpcore's own timeouts (``timeout``: every phase,
-        pool wait included) or by closing the response normally: never cancelled."""
+        """One HTTP attempt, ended only by its own timeouts (``timeout``: every phase) or by
+        releasing the answer normally: never cancelled."""
         route = self._routes.get(request.url)
         if route is None:
             route = self._routes[request.url] = _Route.of(request.url)
         content = request.content
-        headers = [
-            *route.headers,
-            (b"Content-Length", str(len(content)).encode()),
-            *((k.encode(), v.encode()) for k, v in request.headers.items()),
-        ]
-        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         try:
-            response = await self._pool(route.proxy).handle_async_request(
-                httpcore.Request(
-                    b"POST",
-                    route.url,
-                    headers=headers,
-                    content=content,
-                    extensions={"timeout": phases},
-                )
+            if route.proxy:
+                return await self._post_proxied(route, request, content, timeout, deadline)
+            head = b"".join(
+                (route.head, b"Content-Length: %d\r\n" % len(content), _encode(request.headers))
             )
+            pool = self._direct
+            if pool is None:
+                pool = self._direct = self._holder.direct = http11.Pool(
+                    ssl_context(), self.max_in_flight, _KEEPALIVE_S
+                )
+            response = await pool.send(route.origin, head, content, timeout)
             try:
                 return await self._read(response, deadline)
             finally:
-                # Hands a fully read connection back to the pool, closes any other one.
-                await response.aclose()
+                # A fully read answer's connection goes back to the pool; any other is closed.
+                pool.release(response)
         except httpcore.TimeoutException:
             raise _Retryable("provider_timeout") from None
         except (
@@ -573,23 +560,71 @@ class LLMClient:
         ) as exc:
             raise _Retryable(f"transport_{type(exc).__name__}") from None
 
-    async def _read(self, response: httpcore.Response, deadline: Deadline) -> bytes:
+    async def _post_proxied(
+        self,
+        route: _Route,
+        request: WireRequest,
+        content: bytes,
+        timeout: float,
+        deadline: Deadline,
+    ) -> bytes:
+        """Through the proxy the environment names: httpcore's pool (forwarding, tunnels)."""
+        pool = self._proxied.get(route.proxy)
+        if pool is None:
+            pool = self._proxied[route.proxy] = self._holder.proxied[route.proxy] = (
+                httpcore.AsyncConnectionPool(
+                    ssl_context=ssl_context(),
+                    proxy=httpcore.Proxy(route.proxy),
+                    # Room for every call the in-flight cap lets through: no call waits in
+                    # the pool, where a pool timeout can strand a freshly assigned connection
+                    # for good (seen with httpcore 1.0.9 under contention).
+                    max_connections=self.max_in_flight * 2,
+                    max_keepalive_connections=self.max_in_flight,
+                    keepalive_expiry=_KEEPALIVE_S,
+                    network_backend=_NETWORK,
+                )
+            )
+        headers = [
+            (b"Host", route.host),
+            (b"User-Agent", _USER_AGENT),
+            (b"Accept", b"*/*"),
+            (b"Content-Length", b"%d" % len(content)),
+            *_pairs(request.headers),
+        ]
+        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        response = await pool.handle_async_request(
+            httpcore.Request(
+                b"POST",
+                httpcore.URL(request.url),
+                headers=headers,
+                content=content,
+                extensions={"timeout": phases},
+            )
+        )
+        try:
+            return await self._read(_CoreAnswer(response), deadline)
+        finally:
+            await response.aclose()
+
+    async def _read(self, response: _Answer, deadline: Deadline) -> bytes:
         status = response.status
         if status >= 400:
             # Read a bounded error body, so that the connection goes back to the pool
             # instead of being dropped (a new connection per error answer otherwise).
             await _drain(response, deadline)
             if status in _RETRY_STATUSES:
-                raise _Retryable(f"http_{status}", _retry_after(_header(response, b"retry-after")))
+                retry_after = response.header(b"retry-after")
+                raise _Retryable(
+                    f"http_{status}",
+                    _retry_after(retry_after.decode("latin-1") if retry_after else None),
+                )
             raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
-        declared = _header(response, b"content-length")
+        declared = response.header(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
             raise LLMTransportError("answer too large", reason="too_large")
         chunks: list[bytes] = []
         size = 0
-        stream = response.stream
-        assert isinstance(stream, AsyncIterable)
-        async for chunk in stream:
+        while chunk := await response.read_chunk():
             size += len(chunk)
             if size > self.max_response_bytes:
                 raise LLMTransportError("answer too large", reason="too_large")
@@ -599,24 +634,86 @@ class LLMClient:
         return b"".join(chunks)
 
 
+class _Answer(Protocol):
+    """What ``_read`` needs of an answer: ``http11.Response``, or httpcore's (proxied)."""
+
+    @property
+    def status(self) -> int: ...
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    async def read_chunk(self) -> bytes: ...
+
+
+class _CoreAnswer:
+    __slots__ = ("status", "_response", "_chunks")
+
+    def __init__(self, response: httpcore.Response) -> None:
+        self.status = response.status
+        self._response = response
+        stream = response.stream
+        assert isinstance(stream, AsyncIterable)
+        self._chunks = aiter(stream)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self._response.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def read_chunk(self) -> bytes:
+        try:
+            chunk: bytes = await anext(self._chunks)
+        except StopAsyncIteration:
+            return b""
+        return chunk
+
+
+# Header names are tokens; values carry no CR, LF or NUL (or they would smuggle headers).
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+
+
+def _pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for name, value in headers.items():
+        if not _TOKEN_RE.fullmatch(name) or _BAD_VALUE_RE.search(value):
+            raise LLMConfigError(f"provider header {name!r} is not valid", reason="bad_header")
+        pairs.append((name.encode("latin-1"), value.encode("latin-1")))
+    return pairs
+
+
+def _encode(headers: dict[str, str]) -> bytes:
+    """The header lines of a request, with the blank line that ends the head."""
+    return b"".join(name + b": " + value + b"\r\n" for name, value in _pairs(headers)) + b"\r\n"
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
-    """What a provider URL needs per request, worked out once: the parsed URL, the fixed
-    headers, and the pool to use (the proxy the environment names for it, as httpx did)."""
+    """What a provider URL needs per request, worked out once: the origin, the head's fixed
+    part, and the proxy the environment names for it (as httpx did), if any."""
 
-    url: httpcore.URL
-    headers: tuple[tuple[bytes, bytes], ...]
+    origin: http11.Origin
+    host: bytes  # the Host header
+    head: bytes  # request line and fixed headers
     proxy: str
 
     @classmethod
     def of(cls, url: str) -> _Route:
         parsed = httpcore.URL(url)
-        host = parsed.host
         default_port = {b"http": 80, b"https": 443}.get(parsed.scheme)
-        if parsed.port is not None and parsed.port != default_port:
-            host += b":" + str(parsed.port).encode()
-        headers = ((b"Host", host), (b"User-Agent", _USER_AGENT), (b"Accept", b"*/*"))
-        return cls(parsed, headers, _environment_proxy(url))
+        if default_port is None:
+            raise LLMConfigError(f"unsupported URL scheme in {url!r}", reason="bad_url")
+        port = parsed.port or default_port
+        host = parsed.host if port == default_port else parsed.host + b":%d" % port
+        if b":" in parsed.host:  # IPv6 literal
+            host = b"[" + parsed.host + b"]" + (b"" if port == default_port else b":%d" % port)
+        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n" % (
+            parsed.target,
+            host,
+            _USER_AGENT,
+        )
+        return cls((parsed.scheme, parsed.host, port), host, head, _environment_proxy(url))
 
 
 def _environment_proxy(url: str) -> str:
@@ -633,18 +730,9 @@ def _environment_proxy(url: str) -> str:
     return proxy if "://" in proxy else "http://" + proxy
 
 
-def _header(response: httpcore.Response, name: bytes) -> str | None:
-    for key, value in response.headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def _drain(response: httpcore.Response, deadline: Deadline) -> None:
+async def _drain(response: _Answer, deadline: Deadline) -> None:
     size = 0
-    stream = response.stream
-    assert isinstance(stream, AsyncIterable)
-    async for chunk in stream:
+    while chunk := await response.read_chunk():
         size += len(chunk)
         if size > _ERROR_BODY_CAP or time.monotonic() > deadline.end + _GRACE_S:
             return  # not worth it: the connection is closed instead
@@ -654,18 +742,22 @@ class _Holder:
     """The connection pools of an ``LLMClient``, reachable by its finalizer (not the
     instance)."""
 
-    __slots__ = ("pools",)
+    __slots__ = ("direct", "proxied")
 
     def __init__(self) -> None:
-        self.pools: dict[str, httpcore.AsyncConnectionPool] = {}
+        self.direct: http11.Pool | None = None
+        self.proxied: dict[str, httpcore.AsyncConnectionPool] = {}
 
     def close_soon(self) -> None:
-        pools, self.pools = list(self.pools.values()), {}
+        direct, self.direct = self.direct, None
+        proxied, self.proxied = list(self.proxied.values()), {}
         loop = BACKGROUND.current()
-        if not pools or loop is None or loop.is_closed():
+        if loop is None or loop.is_closed():
             return
-        for pool in pools:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            if direct is not None:
+                loop.call_soon_threadsafe(direct.close_all)
+            for pool in proxied:
                 loop.call_soon_threadsafe(
                     _start_task, loop, pool.aclose(), context=contextvars.Context()
                 )
