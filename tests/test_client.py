@@ -514,3 +514,14 @@ def test_environment_proxy_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _environment_proxy("https://api.example.com/v1") == ""
     assert _environment_proxy("http://127.0.0.1:9/v1") == ""
     assert _environment_proxy("https://api.other.org/v1") == "http://proxy.corp:3128"
+
+
+def test_retry_jitter_leaves_the_global_random_state_alone() -> None:
+    import random
+
+    from llm_middleware.llm.client import _backoff
+
+    state = random.getstate()
+    delays = {_backoff(1) for _ in range(20)}
+    assert random.getstate() == state
+    assert len(delays) > 1 and all(0.05 <= d <= 0.1 for d in delays)  # jittered, in range

@@ -816,8 +816,14 @@ def _qualname(schema: type[BaseModel]) -> str:
     return f"{schema.__module__}.{schema.__qualname__}"
 
 
+# Retry jitter from a generator of our own: the process-wide ``random`` state is the app's
+# (and a test framework's, which may watch it), not ours to advance from a background thread.
+_JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)  # workers forked alike jitter apart
+
+
 def _backoff(attempt: int) -> float:
-    return min(2.0, 0.05 * 2.0**attempt) * (0.5 + random.random() / 2)
+    return min(2.0, 0.05 * 2.0**attempt) * (0.5 + _JITTER.random() / 2)
 
 
 def _retry_after(value: str | None) -> float | None:
