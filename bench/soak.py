@@ -23,7 +23,7 @@ idle <= 64, RSS and fds flat (+-10 %) over the last two thirds, probes answered 
 provider's own rate.
 
 Usage: ``python bench/soak.py [--minutes 3] [--servers uvicorn,gunicorn] [--concurrency 50]
-[--no-breaker]``.
+[--no-breaker] [--cpu-only]``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def flat(values: list[float]) -> tuple[bool, str]:
     )
 
 
-def soak_one(kind: str, minutes: float, concurrency: int) -> None:
+def soak_one(kind: str, minutes: float, concurrency: int, cpu_only: bool = False) -> None:
     print(f"\n== {kind} ==")
     with fault_process() as provider, server_for(kind, provider.url) as server:
         matched, unmatched = cpu_per_call(server, provider)
@@ -218,6 +218,8 @@ def soak_one(kind: str, minutes: float, concurrency: int) -> None:
             f" unmatched {unmatched:.3f} ms -> CPU per LLM call {matched - unmatched:.3f} ms "
             f"(target <= 0.8) {verdict(matched - unmatched <= 0.8)}"
         )
+        if cpu_only:
+            return
         ref_seconds = max(15.0, minutes * 60 / 6)
         ref_samples: list[dict[str, float]] = []
         reference = asyncio.run(
@@ -294,6 +296,7 @@ def main() -> None:
         action="store_true",
         help="breaker out of reach: every request reaches the faulty provider (pool's worst case)",
     )
+    parser.add_argument("--cpu-only", action="store_true", help="only the cpu row, per server")
     args = parser.parse_args()
     if args.no_breaker:
         global BREAKER_FAILURES
@@ -302,7 +305,7 @@ def main() -> None:
     print(environment_line())
     print(source_line())
     for kind in args.servers.split(","):
-        soak_one(kind, args.minutes, args.concurrency)
+        soak_one(kind, args.minutes, args.concurrency, args.cpu_only)
 
 
 if __name__ == "__main__":

@@ -311,3 +311,54 @@ async def test_pathsend_follows_the_held_start_message(fault_server: FaultServer
                          channel({"type": "http.request", "body": b""}))  # fmt: skip
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
     assert fault_server.requests == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_interceptor_step_times_out_at_the_deadline_and_passes_cancellation_on(
+    backend: str,
+) -> None:
+    # One step under what is left of the deadline (asyncio's own timeout on asyncio, anyio's
+    # on trio): a slow step is recorded as a timeout at the deadline; a cancellation from
+    # outside is not turned into a timeout.
+    import time
+    from types import SimpleNamespace
+    from typing import cast
+
+    import anyio
+
+    from llm_middleware.deadline import Deadline
+    from llm_middleware.engine import Engine
+    from llm_middleware.interceptors.base import Interceptor, RequestContext
+    from llm_middleware.result import LLMResult
+
+    engine = Engine({"providers": [], "rules": []})
+    icpt = cast(Interceptor, SimpleNamespace(name="slow", uses_llm=False, runs_first=False))
+
+    def context(budget_s: float) -> RequestContext:
+        ctx = RequestContext.__new__(RequestContext)
+        ctx.deadline, ctx.result, ctx.privacy_failed = (
+            Deadline(budget_s),
+            LLMResult(rule="/t"),
+            False,
+        )
+        return ctx
+
+    async def slow() -> str:
+        await anyio.sleep(5)
+        return "ok"
+
+    async def main() -> tuple[bool, str | None, float, bool]:
+        started = time.monotonic()
+        ctx = context(0.05)
+        applied = await engine._step(icpt, ctx, slow)
+        took = time.monotonic() - started
+        cancelled = False
+        with anyio.move_on_after(0.05) as scope:  # the outer cancellation comes first
+            await engine._step(icpt, context(5.0), slow)
+        cancelled = scope.cancelled_caught
+        return applied, ctx.result.outcomes.get("slow"), took, cancelled
+
+    applied, outcome, took, cancelled = anyio.run(main, backend=backend)
+    assert not applied and outcome == "timeout"
+    assert 0.045 <= took < 1.0  # (a loop's timer may fire within its clock resolution)
+    assert cancelled

@@ -65,3 +65,37 @@ def test_completion_after_the_loop_closed_is_harmless() -> None:
 
     anyio.run(main, backend="asyncio")
     future.set_result(1)
+
+
+def test_completion_on_the_waiters_own_loop_thread() -> None:
+    # The sync adapters' engine runs on the background loop and waits there for a future that
+    # the same loop completes: woken directly, without a hop through the self-pipe.
+    import asyncio
+
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    async def main() -> tuple[int, float]:
+        started = time.monotonic()
+        asyncio.get_running_loop().call_later(0.02, future.set_result, 7)
+        return await wait_future(future, 5.0), time.monotonic() - started
+
+    value, waited = asyncio.run(main())
+    assert value == 7 and 0.02 <= waited < 2.0
+
+
+def test_a_cancelled_waiter_leaves_the_future_alone() -> None:
+    import asyncio
+
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    async def main() -> None:
+        waiter = asyncio.create_task(wait_future(future, 5.0))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(main())
+    assert not future.cancelled() and not future.done()
+    assert future._done_callbacks == []  # type: ignore[attr-defined]
+    future.set_result(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -443,3 +444,84 @@ def test_breaker_counts_only_failures_with_no_success_meanwhile() -> None:
     breaker.failure(later)
     breaker.failure(later)
     assert breaker.state == "open"
+
+
+async def test_request_on_the_wire_and_kept_alive(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client writes its HTTP request itself (httpcore, no httpx): what the provider gets.
+    monkeypatch.setenv("TEST_WIRE_KEY", "sk-wire")
+    fault_server.default = reply(GOOD)
+    provider = {
+        "kind": "openai",
+        "base_url": fault_server.url + "/",  # (a trailing slash is dropped)
+        "model": "wire",
+        "api_key_env": "TEST_WIRE_KEY",
+        "headers": {"x-team": "search"},
+    }
+    client = LLMClient(load_config({"providers": [provider]}))
+    try:
+        for i in range(3):
+            obj, _ = await call(client, text=f"wire {i}")
+            assert obj == SearchIntent(**GOOD)
+    finally:
+        await client.aclose()
+    first = fault_server.requests[0]
+    url = urllib.parse.urlsplit(fault_server.url)
+    assert (first.method, first.path) == ("POST", url.path + "/chat/completions")
+    assert first.headers["host"] == url.netloc
+    assert first.headers["content-length"] == str(len(first.body))
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["authorization"] == "Bearer sk-wire"
+    assert first.headers["x-team"] == "search"
+    assert "accept-encoding" not in first.headers  # the body is read raw: never compressed
+    assert first.json is not None and first.json["model"] == "wire"
+    assert len(fault_server.requests) == 3
+    assert fault_server.connections == 1  # one keep-alive connection for sequential calls
+
+
+async def test_environment_proxy_is_used(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HTTP_PROXY names the fault server: it receives the absolute-form request for the
+    # provider's host, which it never resolves.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fault_server.url)
+    fault_server.default = reply(GOOD)
+    client = LLMClient(config("http://llm.invalid:8123/v1"))
+    try:
+        obj, _ = await call(client, budget=2.0)
+    finally:
+        await client.aclose()
+    assert obj == SearchIntent(**GOOD)
+    assert fault_server.requests[0].path == "http://llm.invalid:8123/v1/chat/completions"
+
+
+def test_environment_proxy_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_middleware.llm.client import _environment_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    assert _environment_proxy("https://api.example.com/v1/messages") == ""
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")  # no scheme: http:// assumed
+    assert _environment_proxy("https://api.example.com/v1") == "http://proxy.corp:3128"
+    assert _environment_proxy("http://api.example.com/v1") == ""  # only for https
+    monkeypatch.setenv("ALL_PROXY", "http://all.corp:8080")
+    assert _environment_proxy("http://api.example.com/v1") == "http://all.corp:8080"
+    monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.1")
+    assert _environment_proxy("https://api.example.com/v1") == ""
+    assert _environment_proxy("http://127.0.0.1:9/v1") == ""
+    assert _environment_proxy("https://api.other.org/v1") == "http://proxy.corp:3128"
+
+
+def test_retry_jitter_leaves_the_global_random_state_alone() -> None:
+    import random
+
+    from llm_middleware.llm.client import _backoff
+
+    state = random.getstate()
+    delays = {_backoff(1) for _ in range(20)}
+    assert random.getstate() == state
+    assert len(delays) > 1 and all(0.05 <= d <= 0.1 for d in delays)  # jittered, in range

@@ -168,3 +168,126 @@ def test_exact_only_matcher_agrees_with_match() -> None:
         for path in ("/a", "/b", "/c/1", "/", "/a/"):
             for router in (exact_only, with_pattern):
                 assert router.matcher()(method, path) == router.match(method, path)
+
+
+def test_prefilter_agrees_with_match() -> None:
+    # The adapters' hot path skips ``match`` when the prefilter says no rule can match.
+    from llm_middleware.routing import Router
+
+    exact = [("/a", frozenset({"GET"}), "a"), ("/caf\u00e9", None, "cafe")]
+    routers = {
+        "exact only": Router(exact),
+        "patterns": Router([*exact, ("/items/{id:int}", None, "item"), ("/api/**", None, "api")]),
+        "uncombinable": Router([*exact, (r"re:^/c/(x)\1$", None, "backref")]),
+    }
+    paths = ["/a", "/a/", "/b", "/caf\u00e9", "/items/7", "/items/x", "/api/v1/x", "/c/xx", "/"]
+    for name, router in routers.items():
+        known, search = router.prefilter()
+        for path in paths:
+            can_skip = path not in known and (search is None or search(path) is None)
+            for method in ("GET", "POST"):
+                if can_skip:
+                    assert router.match(method, path) is None, (name, method, path)
+        if name == "exact only":
+            assert search is None
+    # Positive: the prefilter does skip unmatched paths (it is not "always ask").
+    known, search = routers["patterns"].prefilter()
+    assert "/b" not in known and search is not None and search("/b") is None
+    assert search("/items/7") is not None
+
+
+def _prefilter_config(provider_url: str) -> dict[str, Any]:
+    intent = [{"type": "intent", "schema": "schemas.SearchIntent", "source": "query:q"}]
+    return {
+        "providers": [{"kind": "openai", "base_url": provider_url, "model": "fake"}],
+        "rules": [
+            {"path": "/exact", "budget_ms": 200, "interceptors": intent},
+            {"path": "/items/{id:int}", "budget_ms": 200, "interceptors": intent},
+            {"path": "/caf\u00e9", "budget_ms": 200, "interceptors": intent},
+        ],
+    }
+
+
+def test_asgi_prefilter_keeps_matches(fault_server: FaultServer) -> None:
+    from llm_middleware.asgi import SCOPE_MARK
+
+    seen: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(SCOPE_MARK in scope)
+        await _asgi_app(scope, receive, send)
+
+    middleware = LLMMiddleware(app, config=_prefilter_config(fault_server.url))
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def run(path: str, root_path: str = "") -> bool:
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path,
+                 "headers": [], "query_string": b""}  # fmt: skip
+        await middleware(scope, receive, send)
+        return seen[-1]
+
+    async def main() -> list[bool]:
+        return [
+            await run("/exact"),
+            await run("/items/3"),
+            await run("/api/exact", root_path="/api"),  # matched inside its mount point
+            await run("/items/x"),
+            await run("/exact/"),
+            await run("/elsewhere"),
+        ]
+
+    assert asyncio.run(main()) == [True, True, True, False, False, False]
+    assert fault_server.requests == []  # (no text to read: the intent did not call out)
+
+
+def test_wsgi_prefilter_keeps_matches(fault_server: FaultServer) -> None:
+    from llm_middleware.wsgi import RESULT_KEY
+
+    seen: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(RESULT_KEY in environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = LLMWSGIMiddleware(app, _prefilter_config(fault_server.url))
+
+    def run(path_info: str) -> bool:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "QUERY_STRING": "",
+                   "wsgi.input": io.BytesIO(b"")}  # fmt: skip
+        middleware(environ, lambda *a: None)
+        return seen[-1]
+
+    # PEP 3333: PATH_INFO carries the UTF-8 bytes as latin-1 characters.
+    cafe = "/caf\u00e9".encode().decode("latin-1")
+    assert [run("/exact"), run("/items/3"), run(cafe), run("/items/x"), run("/elsewhere")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_django_prefilter_keeps_matches(fault_server: FaultServer) -> None:
+    setup_django()
+    from django.test import RequestFactory, override_settings
+
+    from llm_middleware.django import LLMMiddleware as DjangoMiddleware
+
+    factory = RequestFactory()
+    with override_settings(LLM_MIDDLEWARE=_prefilter_config(fault_server.url)):
+        middleware = DjangoMiddleware(lambda r: r)
+        matched = [factory.get("/exact"), factory.get("/items/3")]
+        unmatched = [factory.get("/items/x"), factory.get("/elsewhere")]
+        for request in matched + unmatched:
+            middleware(request)
+    for request in matched:
+        assert request.llm is not None  # the engine ran: a result is attached
+    for request in unmatched:
+        assert request.llm is None

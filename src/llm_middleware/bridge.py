@@ -91,6 +91,49 @@ async def wait_future(future: concurrent.futures.Future[T], timeout: float) -> T
     the callback is dropped."""
     if future.done():
         return future.result()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio (anyio supports no other backend)
+        return await _wait_anyio(future, timeout)
+    return await _wait_asyncio(loop, future, timeout)
+
+
+async def _wait_asyncio(
+    loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[T], timeout: float
+) -> T:
+    # Plain asyncio (one loop future, one timer): anyio's event and cancel scope cost more
+    # than the rest of the wait, twice per LLM call (issue 14).
+    waiter: asyncio.Future[None] = loop.create_future()
+    own_thread = threading.get_ident()
+
+    def wake(_: concurrent.futures.Future[Any]) -> None:
+        if threading.get_ident() == own_thread:  # completed on this loop's own thread
+            _release(waiter)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(_release, waiter)
+
+    future.add_done_callback(wake)
+    timer = loop.call_later(max(0.0, timeout), _release, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        if not future.done():
+            # Drop our callback: a future that outlives many waiters must not pin theirs.
+            with contextlib.suppress(ValueError):
+                future._done_callbacks.remove(wake)  # type: ignore[attr-defined]
+    if not future.done():
+        raise TimeoutError
+    return future.result()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait_anyio(future: concurrent.futures.Future[T], timeout: float) -> T:
     event = anyio.Event()
     wake = _waker(event)
     future.add_done_callback(wake)
@@ -105,21 +148,12 @@ async def wait_future(future: concurrent.futures.Future[T], timeout: float) -> T
 
 
 def _waker(event: anyio.Event) -> Callable[[concurrent.futures.Future[Any]], None]:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio (anyio supports no other backend)
-        import trio
+    import trio
 
-        token = trio.lowlevel.current_trio_token()
+    token = trio.lowlevel.current_trio_token()
 
-        def wake_trio(_: concurrent.futures.Future[Any]) -> None:
-            with contextlib.suppress(Exception):  # the run has finished
-                token.run_sync_soon(event.set)
+    def wake_trio(_: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(Exception):  # the run has finished
+            token.run_sync_soon(event.set)
 
-        return wake_trio
-
-    def wake_asyncio(_: concurrent.futures.Future[Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(event.set)
-
-    return wake_asyncio
+    return wake_trio

@@ -47,6 +47,8 @@ _RESULT = "_llm_middleware_result"  # ours, whoever owns the public name
 
 
 Match = Callable[[str, str], CompiledRule | None]
+#: What the hot path needs: (engine, match, result attribute, exact paths, combined search).
+Current = tuple[Engine, Match, str, frozenset[str], Callable[[str], object] | None]
 
 
 class _EngineFromSettings:
@@ -55,21 +57,24 @@ class _EngineFromSettings:
     request path."""
 
     def __init__(self) -> None:
-        self._current: tuple[Engine, Match, str] | None = None
+        self._current: Current | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Engine:
         return self.current()[0]
 
-    def current(self) -> tuple[Engine, Match, str]:
-        """The engine, its fastest rule lookup and the result's attribute name."""
+    def current(self) -> Current:
+        """The engine, its fastest rule lookup, the result's attribute name and the router's
+        prefilter (see ``Router.prefilter``)."""
         current = self._current
         if current is not None:
             return current
         with self._lock:  # request threads racing to build one engine
             if self._current is None:
                 engine = self._build()
-                self._current = (engine, engine.router.matcher(), engine.config.result_attr)
+                paths, search = engine.router.prefilter()
+                matcher = engine.router.matcher()
+                self._current = (engine, matcher, engine.config.result_attr, paths, search)
             return self._current
 
     def _build(self) -> Engine:
@@ -107,6 +112,16 @@ class LLMMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        current = engine_from_settings._current
+        if current is not None:
+            # The unmatched path is the hot one: a set lookup (and one C-level regex search
+            # when rules have patterns), then only what every path gets (request.llm = None).
+            path = request.path_info
+            if path not in current[3] and (current[4] is None or current[4](path) is None):
+                attrs = request.__dict__
+                if current[2] not in attrs:
+                    attrs[current[2]] = None
+                return self.get_response(request)
         prepared = self._prepare(request)
         if prepared is None:
             return self.get_response(request)
@@ -165,7 +180,7 @@ class LLMMiddleware:
         self, request: HttpRequest
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
         try:
-            engine, match, name = engine_from_settings.current()
+            engine, match, name, _, _ = engine_from_settings.current()
             rule = match(request.method or "GET", request.path_info)
         except Exception as exc:
             log_internal_error("django", exc)

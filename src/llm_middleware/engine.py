@@ -404,7 +404,10 @@ class Engine:
         try:
             if inline():  # no loop: nothing here may wait (an I/O step raises NeedsLoop)
                 outcome = await call()
-            else:  # anyio: the host's loop may be asyncio or trio
+            elif _on_asyncio():  # asyncio's own timeout: cheaper than anyio's cancel scope
+                async with asyncio.timeout(remaining):
+                    outcome = await call()
+            else:  # trio, through anyio
                 with anyio.fail_after(remaining):
                     outcome = await call()
         except TimeoutError:
@@ -431,6 +434,14 @@ class Engine:
         for future in list(self._background):
             future.cancel()
         await self.llm.aclose()
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _ShadowState:

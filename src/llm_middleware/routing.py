@@ -89,6 +89,16 @@ class Router(Generic[T]):
 
         return match_exact
 
+    def prefilter(self) -> tuple[frozenset[str], Callable[[str], object] | None]:
+        """For an adapter's hot path, without a call into Python: ``(paths, search)``. A
+        path not in ``paths`` for which ``search`` is None or returns None matches no rule,
+        whatever the method; any other path needs ``match``."""
+        if not self._patterns:
+            return frozenset(self._exact), None
+        if self._any is not None:
+            return frozenset(self._exact), self._any.search
+        return frozenset(self._exact), _ALWAYS.search  # patterns not combinable: always ask
+
     def match(self, method: str, path: str) -> T | None:
         best_index = 1 << 30
         best: T | None = None
@@ -108,6 +118,7 @@ class Router(Generic[T]):
         return best
 
 
+_ALWAYS = re.compile("")
 _BACKREF_RE = re.compile(r"\\\d|\(\?P=")
 _NAMED_GROUP_RE = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
 

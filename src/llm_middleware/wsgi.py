@@ -26,10 +26,18 @@ class LLMWSGIMiddleware:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
         self._match = self.engine.router.matcher()
+        self._paths, self._search = self.engine.router.prefilter()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # The unmatched path is the hot one: one lookup, nothing else.
+        # The unmatched path is the hot one: a set lookup (and one C-level regex search when
+        # rules have patterns), no call into Python. A non-ASCII PATH_INFO is decoded first.
         path = environ.get("PATH_INFO") or "/"
+        if (
+            path not in self._paths
+            and (self._search is None or self._search(path) is None)
+            and path.isascii()
+        ):
+            return self.app(environ, start_response)
         rule = self._match(
             environ.get("REQUEST_METHOD", "GET"), path if path.isascii() else route_path(environ)
         )

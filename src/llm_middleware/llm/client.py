@@ -2,7 +2,7 @@
 
 Every wait is bounded by the request's ``Deadline``; a provider timeout is only a per-attempt
 cap, never the guard. Upstream calls run on the per-process background loop and are never
-cancelled inside httpx (see ``LLMClient``).
+cancelled inside httpcore (see ``LLMClient``).
 """
 
 from __future__ import annotations
@@ -14,22 +14,24 @@ import contextvars
 import email.utils
 import os
 import random
+import re
 import ssl
 import threading
 import time
+import urllib.request
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-# What httpx, httpcore and anyio import lazily, imported here at start-up: on a request's
+# What httpcore and anyio import lazily, imported here at start-up: on a request's
 # path it would cost tens of ms (and the import lock, which stalls every other thread).
 import anyio._backends._asyncio  # noqa: F401
 import certifi
 import h11  # noqa: F401
+import httpcore
 import httpcore._async.connection_pool  # noqa: F401  (and httpcore's trio support)
 import httpcore._backends.anyio  # noqa: F401
-import httpx
 from cachetools import TTLCache
 from pydantic import BaseModel, ValidationError
 
@@ -37,6 +39,8 @@ from ..bridge import BACKGROUND, wait_future
 from ..config import Anthropic, Config, OpenAICompatible, Prompt
 from ..deadline import Deadline
 from ..inline import need_loop
+from . import http11
+from .backend import AsyncioBackend
 from .errors import (
     CircuitOpen,
     LLMConfigError,
@@ -56,7 +60,7 @@ ProviderConfig = OpenAICompatible | Anthropic
 
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MIN_ATTEMPT_S = 0.005  # not worth opening a request with less time than this
-# An attempt's httpx timeouts end this long after the shared call's deadline: its callers
+# An attempt's httpcore timeouts end this long after the shared call's deadline: its callers
 # stop waiting first, and the attempt's end (a normal close) happens off their clock.
 _GRACE_S = 0.02
 _JOIN_GRACE_S = 0.002  # a joiner waits this long past the shared deadline for its answer
@@ -68,6 +72,10 @@ _HANG_FLOOR_S = 0.1
 _HANG_FACTOR = 3.0
 _ERROR_BODY_CAP = 64 * 1024
 _CLOSE_TIMEOUT_S = 5.0
+_KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's default)
+_USER_AGENT = b"llm-middleware"
+# The pools run on the background loop only, which is asyncio: no anyio layer under httpcore.
+_NETWORK = AsyncioBackend()
 
 
 @dataclass
@@ -166,22 +174,19 @@ class _Shared:
 
 class LLMClient:
     """Every upstream call runs as a task on the one per-process background loop
-    (``bridge.BACKGROUND``), whatever loop or thread asked for it: one httpx client and
+    (``bridge.BACKGROUND``), whatever loop or thread asked for it: one httpcore
     connection pool per client per process, nothing tied to a host's event loop, any async
     backend (asyncio, trio) on the caller's side.
 
-    Callers stop *waiting* at their deadline; nothing is ever cancelled inside httpx (which
-    can leak a pool slot for good, httpcore #1093): each attempt is bounded by httpx's own
+    Callers stop *waiting* at their deadline; nothing is ever cancelled inside httpcore (which
+    can leak a pool slot for good, httpcore #1093): each attempt is bounded by httpcore's own
     timeouts, set from what is left of the shared call's deadline, and by a deadline check
     between body chunks."""
 
-    def __init__(
-        self, config: Config, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.providers: Sequence[ProviderConfig] = tuple(config.providers)
         self.max_in_flight = config.max_in_flight
         self.max_response_bytes = config.max_llm_response_bytes
-        self._transport = transport
         self._chain_id = tuple(p.label for p in self.providers)
         self._cache: TTLCache[tuple[Any, ...], BaseModel] | None = (
             TTLCache(maxsize=config.cache_size, ttl=config.cache_ttl_s)
@@ -197,7 +202,12 @@ class LLMClient:
         # Typical time of a successful attempt per provider (EWMA): the breaker's yardstick.
         self._typical_s = {p.label: 0.0 for p in self.providers}
         self._pending: dict[tuple[Any, ...], _Shared] = {}
-        self._client: httpx.AsyncClient | None = None  # created on the background loop
+        # Connection pools, created on the background loop: our own small HTTP/1.1 client
+        # for direct routes (httpx's and httpcore's request machinery cost more CPU than the
+        # rest of an LLM call, issue 14), httpcore for routes through a proxy, by proxy URL.
+        self._direct: http11.Pool | None = None
+        self._proxied: dict[str, httpcore.AsyncConnectionPool] = {}
+        self._routes: dict[str, _Route] = {}  # by provider URL
         # An instance dropped without close() still closes its pooled connections (on the
         # loop) rather than leave them to the GC's ResourceWarning.
         self._holder = _Holder()
@@ -213,7 +223,8 @@ class LLMClient:
         # parent's loop are gone in the child.
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._client = None
+        self._direct = None
+        self._proxied = {}
         self._pending = {}
         self._tasks = set()
 
@@ -275,7 +286,7 @@ class LLMClient:
         raise LLMTimeout("budget exhausted waiting for the LLM", reason="deadline")
 
     async def aclose(self) -> None:
-        """Cancel the calls still going on in the background and close the httpx client:
+        """Cancel the calls still going on in the background and close the connection pools:
         shutdown never waits on a provider. Callable from any loop or backend."""
         loop = BACKGROUND.current()
         if loop is None:
@@ -399,30 +410,16 @@ class LLMClient:
             # Set last: a caller woken by it finds the cache filled and the slot released.
             shared.future.set_result(result)
 
-    def _http(self) -> httpx.AsyncClient:
-        client = self._client
-        if client is None or client.is_closed:
-            client = self._client = self._holder.client = httpx.AsyncClient(
-                transport=self._transport,
-                verify=ssl_context(),
-                # Room for every call the in-flight cap lets through: no call ever waits in
-                # the pool, where a pool timeout can strand a freshly assigned connection
-                # for good (seen with httpcore 1.0.9 under contention).
-                limits=httpx.Limits(
-                    max_connections=self.max_in_flight * 2,
-                    max_keepalive_connections=self.max_in_flight,
-                ),
-                follow_redirects=False,
-            )
-        return client
-
     async def _aclose_here(self) -> None:
-        # Close the pool first: calls in flight fail on their closed connections and end
+        # Close the pools first: calls in flight fail on their closed connections and end
         # normally; cancelling them inside httpcore could drop a socket unclosed.
-        client, self._client = self._client, None
-        self._holder.client = None
-        if client is not None:
-            await client.aclose()
+        direct, self._direct = self._direct, None
+        proxied, self._proxied = list(self._proxied.values()), {}
+        self._holder.direct, self._holder.proxied = None, {}
+        if direct is not None:
+            direct.close_all()
+        for pool in proxied:
+            await pool.aclose()
         for task in list(self._tasks):
             task.cancel()
 
@@ -530,71 +527,240 @@ class LLMClient:
                 ]
 
     async def _post(self, request: WireRequest, timeout: float, deadline: Deadline) -> bytes:
-        """One HTTP attempt, ended only by httpx's own timeouts (``timeout``: every phase,
-        pool wait included) or by leaving the stream context normally: never cancelled."""
-        client = self._http()
+        """One HTTP attempt, ended only by its own timeouts (``timeout``: every phase) or by
+        releasing the answer normally: never cancelled."""
+        route = self._routes.get(request.url)
+        if route is None:
+            route = self._routes[request.url] = _Route.of(request.url)
+        content = request.content
         try:
-            async with client.stream(
-                "POST",
-                request.url,
-                content=request.content,
-                headers=request.headers,
-                timeout=httpx.Timeout(timeout),
-            ) as response:
-                status = response.status_code
-                if status >= 400:
-                    # Read a bounded error body, so that the connection goes back to the pool
-                    # instead of being dropped (a new connection per error answer otherwise).
-                    await _drain(response, deadline)
-                    if status in _RETRY_STATUSES:
-                        raise _Retryable(
-                            f"http_{status}", _retry_after(response.headers.get("retry-after"))
-                        )
-                    raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
-                    raise LLMTransportError("answer too large", reason="too_large")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_raw():
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise LLMTransportError("answer too large", reason="too_large")
-                    chunks.append(chunk)
-                    if deadline.remaining() <= 0 and time.monotonic() > deadline.end + _GRACE_S:
-                        raise _Retryable("provider_timeout")  # a drip: leave, a normal close
-                return b"".join(chunks)
-        except httpx.TimeoutException:
+            if route.proxy:
+                return await self._post_proxied(route, request, content, timeout, deadline)
+            head = b"".join(
+                (route.head, b"Content-Length: %d\r\n" % len(content), _encode(request.headers))
+            )
+            pool = self._direct
+            if pool is None:
+                pool = self._direct = self._holder.direct = http11.Pool(
+                    ssl_context(), self.max_in_flight, _KEEPALIVE_S
+                )
+            response = await pool.send(route.origin, head, content, timeout)
+            try:
+                return await self._read(response, deadline)
+            finally:
+                # A fully read answer's connection goes back to the pool; any other is closed.
+                pool.release(response)
+        except httpcore.TimeoutException:
             raise _Retryable("provider_timeout") from None
-        except httpx.TransportError as exc:
+        except (
+            httpcore.NetworkError,
+            httpcore.ProtocolError,
+            httpcore.ProxyError,
+            httpcore.UnsupportedProtocol,
+        ) as exc:
             raise _Retryable(f"transport_{type(exc).__name__}") from None
 
+    async def _post_proxied(
+        self,
+        route: _Route,
+        request: WireRequest,
+        content: bytes,
+        timeout: float,
+        deadline: Deadline,
+    ) -> bytes:
+        """Through the proxy the environment names: httpcore's pool (forwarding, tunnels)."""
+        pool = self._proxied.get(route.proxy)
+        if pool is None:
+            pool = self._proxied[route.proxy] = self._holder.proxied[route.proxy] = (
+                httpcore.AsyncConnectionPool(
+                    ssl_context=ssl_context(),
+                    proxy=httpcore.Proxy(route.proxy),
+                    # Room for every call the in-flight cap lets through: no call waits in
+                    # the pool, where a pool timeout can strand a freshly assigned connection
+                    # for good (seen with httpcore 1.0.9 under contention).
+                    max_connections=self.max_in_flight * 2,
+                    max_keepalive_connections=self.max_in_flight,
+                    keepalive_expiry=_KEEPALIVE_S,
+                    network_backend=_NETWORK,
+                )
+            )
+        headers = [
+            (b"Host", route.host),
+            (b"User-Agent", _USER_AGENT),
+            (b"Accept", b"*/*"),
+            (b"Content-Length", b"%d" % len(content)),
+            *_pairs(request.headers),
+        ]
+        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        response = await pool.handle_async_request(
+            httpcore.Request(
+                b"POST",
+                httpcore.URL(request.url),
+                headers=headers,
+                content=content,
+                extensions={"timeout": phases},
+            )
+        )
+        try:
+            return await self._read(_CoreAnswer(response), deadline)
+        finally:
+            await response.aclose()
 
-async def _drain(response: httpx.Response, deadline: Deadline) -> None:
+    async def _read(self, response: _Answer, deadline: Deadline) -> bytes:
+        status = response.status
+        if status >= 400:
+            # Read a bounded error body, so that the connection goes back to the pool
+            # instead of being dropped (a new connection per error answer otherwise).
+            await _drain(response, deadline)
+            if status in _RETRY_STATUSES:
+                retry_after = response.header(b"retry-after")
+                raise _Retryable(
+                    f"http_{status}",
+                    _retry_after(retry_after.decode("latin-1") if retry_after else None),
+                )
+            raise LLMTransportError(f"HTTP {status}", reason=f"http_{status}")
+        declared = response.header(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise LLMTransportError("answer too large", reason="too_large")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await response.read_chunk():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise LLMTransportError("answer too large", reason="too_large")
+            chunks.append(chunk)
+            if deadline.remaining() <= 0 and time.monotonic() > deadline.end + _GRACE_S:
+                raise _Retryable("provider_timeout")  # a drip: leave, a normal close
+        return b"".join(chunks)
+
+
+class _Answer(Protocol):
+    """What ``_read`` needs of an answer: ``http11.Response``, or httpcore's (proxied)."""
+
+    @property
+    def status(self) -> int: ...
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    async def read_chunk(self) -> bytes: ...
+
+
+class _CoreAnswer:
+    __slots__ = ("status", "_response", "_chunks")
+
+    def __init__(self, response: httpcore.Response) -> None:
+        self.status = response.status
+        self._response = response
+        stream = response.stream
+        assert isinstance(stream, AsyncIterable)
+        self._chunks = aiter(stream)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self._response.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def read_chunk(self) -> bytes:
+        try:
+            chunk: bytes = await anext(self._chunks)
+        except StopAsyncIteration:
+            return b""
+        return chunk
+
+
+# Header names are tokens; values carry no CR, LF or NUL (or they would smuggle headers).
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE = re.compile(r"[\r\n\x00]")
+
+
+def _pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for name, value in headers.items():
+        if not _TOKEN_RE.fullmatch(name) or _BAD_VALUE_RE.search(value):
+            raise LLMConfigError(f"provider header {name!r} is not valid", reason="bad_header")
+        pairs.append((name.encode("latin-1"), value.encode("latin-1")))
+    return pairs
+
+
+def _encode(headers: dict[str, str]) -> bytes:
+    """The header lines of a request, with the blank line that ends the head."""
+    return b"".join(name + b": " + value + b"\r\n" for name, value in _pairs(headers)) + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a provider URL needs per request, worked out once: the origin, the head's fixed
+    part, and the proxy the environment names for it (as httpx did), if any."""
+
+    origin: http11.Origin
+    host: bytes  # the Host header
+    head: bytes  # request line and fixed headers
+    proxy: str
+
+    @classmethod
+    def of(cls, url: str) -> _Route:
+        parsed = httpcore.URL(url)
+        default_port = {b"http": 80, b"https": 443}.get(parsed.scheme)
+        if default_port is None:
+            raise LLMConfigError(f"unsupported URL scheme in {url!r}", reason="bad_url")
+        port = parsed.port or default_port
+        host = parsed.host if port == default_port else parsed.host + b":%d" % port
+        if b":" in parsed.host:  # IPv6 literal
+            host = b"[" + parsed.host + b"]" + (b"" if port == default_port else b":%d" % port)
+        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n" % (
+            parsed.target,
+            host,
+            _USER_AGENT,
+        )
+        return cls((parsed.scheme, parsed.host, port), host, head, _environment_proxy(url))
+
+
+def _environment_proxy(url: str) -> str:
+    """The proxy the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
+    names for ``url``, or ``""``."""
+    proxies = urllib.request.getproxies_environment()
+    scheme, _, rest = url.partition("://")
+    proxy = proxies.get(scheme) or proxies.get("all") or ""
+    if not proxy:
+        return ""
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if urllib.request.proxy_bypass(host):  # NO_PROXY
+        return ""
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+async def _drain(response: _Answer, deadline: Deadline) -> None:
     size = 0
-    async for chunk in response.aiter_raw():
+    while chunk := await response.read_chunk():
         size += len(chunk)
         if size > _ERROR_BODY_CAP or time.monotonic() > deadline.end + _GRACE_S:
             return  # not worth it: the connection is closed instead
 
 
 class _Holder:
-    """The httpx client of an ``LLMClient``, reachable by its finalizer (not the instance)."""
+    """The connection pools of an ``LLMClient``, reachable by its finalizer (not the
+    instance)."""
 
-    __slots__ = ("client",)
+    __slots__ = ("direct", "proxied")
 
     def __init__(self) -> None:
-        self.client: httpx.AsyncClient | None = None
+        self.direct: http11.Pool | None = None
+        self.proxied: dict[str, httpcore.AsyncConnectionPool] = {}
 
     def close_soon(self) -> None:
-        client, self.client = self.client, None
+        direct, self.direct = self.direct, None
+        proxied, self.proxied = list(self.proxied.values()), {}
         loop = BACKGROUND.current()
-        if client is None or loop is None or loop.is_closed():
+        if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(
-                _start_task, loop, client.aclose(), context=contextvars.Context()
-            )
+            if direct is not None:
+                loop.call_soon_threadsafe(direct.close_all)
+            for pool in proxied:
+                loop.call_soon_threadsafe(
+                    _start_task, loop, pool.aclose(), context=contextvars.Context()
+                )
 
 
 _ORPHANS: set[asyncio.Task[Any]] = set()  # tasks nobody else holds: kept alive until done
@@ -650,8 +816,14 @@ def _qualname(schema: type[BaseModel]) -> str:
     return f"{schema.__module__}.{schema.__qualname__}"
 
 
+# Retry jitter from a generator of our own: the process-wide ``random`` state is the app's
+# (and a test framework's, which may watch it), not ours to advance from a background thread.
+_JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)  # workers forked alike jitter apart
+
+
 def _backoff(attempt: int) -> float:
-    return min(2.0, 0.05 * 2.0**attempt) * (0.5 + random.random() / 2)
+    return min(2.0, 0.05 * 2.0**attempt) * (0.5 + _JITTER.random() / 2)
 
 
 def _retry_after(value: str | None) -> float | None:
