@@ -150,6 +150,40 @@ async def test_interim_answer_is_skipped() -> None:
         pool.close_all()
 
 
+async def test_endless_interim_answers_end_within_one_timeout() -> None:
+    """A server that answers "100 Continue" every 20 ms forever: the head has one timer in
+    all, so the call ends as a ReadTimeout near ``timeout``, not never."""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            for _ in range(1000):  # bounded: 20 s at most, far past the timeout below
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    origin = (b"http", b"127.0.0.1", server.sockets[0].getsockname()[1])
+    pool = new_pool()
+    timeout = 0.3
+    started = time.monotonic()
+    try:
+        with pytest.raises(httpcore.ReadTimeout):
+            await pool.send(origin, HEAD, b"{}", timeout)
+        elapsed = time.monotonic() - started
+        # Without the single timer this never ends (each interim answer restarts it); the
+        # bound is many timeouts wide so a busy machine cannot fail it.
+        assert elapsed < timeout * 10
+    finally:
+        pool.close_all()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_close_delimited_and_connection_close_are_not_reused() -> None:
     script = Script(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",

@@ -273,9 +273,13 @@ async def _write(conn: Connection, data: bytes, timeout: float) -> None:
 
 async def _read_head(conn: Connection, timeout: float) -> Response:
     reader = conn.reader
+    # One timer for the whole head, interim answers included: a server that sends
+    # "100 Continue" forever must not keep the call (and its in-flight slot) alive.
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + timeout
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(ends):
                 raw = await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             raise httpcore.ReadTimeout(f"no answer within {timeout} s") from None
