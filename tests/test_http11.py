@@ -184,6 +184,24 @@ async def test_endless_interim_answers_end_within_one_timeout() -> None:
         await server.wait_closed()
 
 
+async def test_endless_trailers_are_refused() -> None:
+    """A chunked answer whose trailer section never ends: refused after a bounded number of
+    lines instead of read forever."""
+    trailers = b"X-T: t\r\n" * 500
+    script = Script(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n" + trailers
+    )
+    async with serve(script) as origin:
+        pool = new_pool()
+        response = await pool.send(origin, HEAD, b"{}", 2.0)
+        assert await response.read_chunk() == b"hi"
+        with pytest.raises(httpcore.RemoteProtocolError, match="trailer"):
+            await response.read_chunk()
+        pool.release(response)
+        assert pool.idle_count() == 0  # not reused
+        pool.close_all()
+
+
 async def test_close_delimited_and_connection_close_are_not_reused() -> None:
     script = Script(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",

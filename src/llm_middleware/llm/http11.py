@@ -24,6 +24,7 @@ import httpcore
 
 _MAX_HEAD = 64 * 1024  # status line and headers (asyncio's default stream limit)
 _CHUNK = 64 * 1024
+_MAX_TRAILERS = 100
 
 
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
@@ -114,8 +115,7 @@ class Response:
                 except ValueError:
                     raise httpcore.RemoteProtocolError("bad chunk size") from None
                 if self._left == 0:
-                    while await self._read(reader.readuntil(b"\r\n"), reader) != b"\r\n":
-                        pass  # trailers, ignored
+                    await self._trailers(reader)
                     self._done = True
                     return b""
             data = await self._read(reader.read(min(self._left, _CHUNK)), reader)
@@ -136,6 +136,24 @@ class Response:
         self._left -= len(data)
         self._done = self._left == 0
         return data
+
+    async def _trailers(self, reader: asyncio.StreamReader) -> None:
+        """Skip the trailer section: at most ``_MAX_TRAILERS`` lines under one timer, so a
+        server dripping trailer lines cannot keep the call alive."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                for _ in range(_MAX_TRAILERS):
+                    if await reader.readuntil(b"\r\n") == b"\r\n":
+                        return
+        except TimeoutError:
+            raise httpcore.ReadTimeout(f"no end of trailers within {self._timeout} s") from None
+        except asyncio.IncompleteReadError:
+            raise httpcore.RemoteProtocolError("connection closed inside the trailers") from None
+        except asyncio.LimitOverrunError:
+            raise httpcore.RemoteProtocolError("trailer line too long") from None
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from None
+        raise httpcore.RemoteProtocolError("too many trailer lines")
 
     async def _read(self, operation: object, reader: asyncio.StreamReader) -> bytes:
         try:
