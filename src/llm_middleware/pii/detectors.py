@@ -82,7 +82,8 @@ _EMAIL_LOCAL_RUN = re.compile(rf"[\w+%.{_MARK}-]*")
 _EMAIL_DOMAIN = re.compile(
     rf"(?:[^\W_](?:[\w{_MARK}-]{{0,61}}(?:[^\W_]|[{_MARK}]))?\.)+"
     rf"(?:xn--[a-z0-9-]{{2,59}}|[^\W\d_](?:[^\W\d_]|[{_MARK}]){{1,62}})"
-    rf"(?![\w{_MARK}-]|\.[^\W_])"
+    # A TLD has no digits: one glued to digits ("jane@x.com123-45-6789") ends before them.
+    rf"(?![^\W\d]|[_{_MARK}-]|\.[^\W_])"
 )
 _AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
@@ -110,11 +111,13 @@ def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
                 start += 1
             local = text[start:at]
             # A run reaching the window start is too long, or glued to the previous address.
+            # "user@host@example.org" is no address (two '@' in one token).
             if (
                 local
                 and local[-1] != "."
                 and ".." not in local
                 and (size < at - lowest or not lowest)
+                and (not start or text[start - 1] not in _AT_SIGNS)
             ):
                 end = domain.end()
                 yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)

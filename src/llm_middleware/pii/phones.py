@@ -115,6 +115,49 @@ def _context_before(text: str, start: int) -> bool:
     return _CONTEXT.search(window, cut + 1) is not None
 
 
+# Labels of numbers that are not phones ("ZIP 12345-67890", "SKU 2031-884-1120"), unless a
+# phone word comes after them.
+_NOT_PHONE_LABEL = re.compile(
+    r"\b(?:zip|postal|post\s?code|isbn|sku|serial|tracking|invoice|order\s?(?:no|number|id|#)"
+    r"|ref(?:erence)?(?:\s?(?:no|number|#))?)\b",
+    re.IGNORECASE,
+)
+_LABEL_WINDOW = 24
+_NANP_EXAMPLE = re.compile(r"\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
+
+
+def _not_phone_label(text: str, start: int) -> bool:
+    window = text[max(0, start - _LABEL_WINDOW) : start]
+    labels = _NOT_PHONE_LABEL.findall(window)
+    if not labels:
+        return False
+    after = window.rfind(labels[-1]) + len(labels[-1])
+    return _CONTEXT.search(window, after) is None
+
+
+def _lead_plausible(value: str, digits: str, grouped: bool) -> bool:
+    """What the first digits say about a national number (no international prefix).
+
+    Only grouped numbers without a trunk ``0`` whose first group has 3 digits (an area code
+    of the NANP, Mexican, Indian kind) are judged: then 10 digits do not start with ``1``,
+    except written as the well-known ``123-456-7890`` example, and 11 or more digits are not
+    the area code and one block (``656 31243121``) unless the first group is a calling code.
+    Bare runs (``1112345678``, Buenos Aires) and 2- or 4-digit area codes (``11 4321-8765``,
+    ``3541 15 52-3456``) are left alone.
+    """
+    n = len(digits)
+    lead = digits[0]
+    if not grouped or n < 10 or lead == "0" or (n > 10 and lead == "1"):
+        return True
+    first = _DIGIT_GROUPS.match(value.lstrip("("))
+    if first is None or len(first.group()) != 3:
+        return True
+    if n == 10:
+        return lead != "1" or _NANP_EXAMPLE.fullmatch(value) is not None
+    # A 3-digit area code is followed by 7 digits: one block of 8 or more is something else.
+    return len(_DIGIT_GROUPS.findall(value)) > 2 or first.group() == calling_code(digits)
+
+
 def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
     if not 7 <= n <= 12:
@@ -122,6 +165,8 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     grouped = digits != value
     if not grouped and digits.startswith("123456789"):
         return False  # a placeholder ("123456789", "1234567890"), not a number to protect
+    if not _lead_plausible(value, digits, grouped):
+        return False
     if not grouped:
         return n <= 11 and _context_before(text, start)
     if _NOT_A_PHONE.match(value) or (
@@ -135,8 +180,10 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
         int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
     ):
         return False  # "10 11 12 13 14": counting
-    if len(groups) >= 3 and all(len(g) == 4 for g in groups):
-        return False  # part of a card number
+    if len(groups) >= 3 and all(len(g) == 4 for g in groups[:-1]) and len(groups[-1]) != 3:
+        return False  # part of a card number, or one cut short ("1234 5678 90")
+    if _not_phone_label(text, start):
+        return False
     dotted = value.split(".")
     if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
         return False  # an IPv4 address, valid or not
@@ -250,6 +297,11 @@ def _is_group4(value: str, span: tuple[int, int]) -> bool:
     return span[1] - span[0] == 4 and value[span[0] : span[1]].isdigit()
 
 
+def _is_area_group(value: str, span: tuple[int, int]) -> bool:
+    group = value[span[0] : span[1]].strip("()")
+    return len(group) <= 4 and group.isdigit()
+
+
 _CHUNK = re.compile(r"[^ \u00a0]+")
 
 
@@ -265,6 +317,9 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
         if i and _is_group4(value, chunks[i - 1]) and _is_group4(value, chunks[i]):
             i += 1  # inside a run of 4-digit groups (a card, not a phone)
             continue
+        # After a short group of digits, a 7-8 digit window is the rest of a number that was
+        # rejected whole ("111 3124312"), not a local number of its own.
+        short_tail = i and _is_area_group(value, chunks[i - 1])
         last = i
         while last + 1 < len(chunks) and chunks[last + 1][1] - first <= _MAX_WINDOW:
             last += 1
@@ -274,6 +329,7 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
             window = value[first : chunks[j][1]]
             if (
                 not 7 <= before[j + 1] - before[i] <= 15
+                or (short_tail and before[j + 1] - before[i] <= 8)
                 or window[0] in "./-"
                 or window[-1] in "./-("
             ):

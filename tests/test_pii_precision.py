@@ -1,0 +1,70 @@
+"""Precision rules (issue 12): shapes that look like phones or addresses but are not.
+
+Every value here is written for this test (fictional numbers), none copied from a data set.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_middleware.pii import PIIDetector
+
+DETECTOR = PIIDetector()
+
+
+def only(entity: str, text: str) -> list[str]:
+    return [f.text for f in DETECTOR.detect(text) if f.entity_type == entity]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tel. 187 6650231",  # 10 digits after a 3-digit "area code" starting with 1
+        "Phone 742 90817263",  # a 3-digit area code and one 8-digit block
+        "phone (742) 90817263",
+        "postcode 40217-55310 on file",  # a label of another kind of number
+        "Ref. 0161 496 0734 closed",
+        "serial 212-555-0172",
+        "order no 646 555 0188",
+        "values 8812 4409 71 in the log",  # 4-digit groups cut short (a card fragment)
+    ],
+)
+def test_phone_shapes_that_are_other_numbers(text: str) -> None:
+    assert only("PHONE_NUMBER", text) == []
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("write (123) 456-7890 down", "(123) 456-7890"),  # the well-known example shape
+        ("or 123.456.7890", "123.456.7890"),
+        ("Tel. 11 4390-2217", "11 4390-2217"),  # 2-digit area code
+        ("teléfono 1143902217", "1143902217"),  # bare, after a phone word
+        ("Tel. 2954 15 66-0913", "2954 15 66-0913"),  # 4-digit area code + mobile 15
+        ("Tel. 354 581 2046 now", "354 581 2046"),  # NANP-like, lead 3
+        ("dial 353 21 490 7716", "353 21 490 7716"),  # a calling code without '+'
+        ("call 0412 771 093", "0412 771 093"),
+        ("ring 212 555 0172 about the order", "212 555 0172"),
+        ("Order no 8812, call 646 555 0188", "646 555 0188"),  # a phone word after the label
+        ("phone 8812 4409 713", "8812 4409 713"),
+    ],
+)
+def test_phone_shapes_kept(text: str, value: str) -> None:
+    assert only("PHONE_NUMBER", text) == [value]
+
+
+def test_email_with_two_at_signs_is_not_an_address() -> None:
+    assert only("EMAIL_ADDRESS", "login ines@backup@mail.example.org failed") == []
+    assert only("EMAIL_ADDRESS", "login ines＠backup@mail.example.org failed") == []
+    assert only("EMAIL_ADDRESS", "to ines@mail.example.org and tom@mail.example.org") == [
+        "ines@mail.example.org",
+        "tom@mail.example.org",
+    ]
+
+
+def test_email_glued_to_digits_ends_at_the_tld() -> None:
+    text = "ines@mail.example.org219-09-9999"
+    assert only("EMAIL_ADDRESS", text) == ["ines@mail.example.org"]
+    # Letters glued to the TLD still make it no TLD at all.
+    assert only("EMAIL_ADDRESS", "ines@mail.example.orgxyz") == ["ines@mail.example.orgxyz"]
+    assert only("EMAIL_ADDRESS", "ines@mail.example.org_x") == []
