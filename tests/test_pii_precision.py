@@ -62,9 +62,7 @@ def test_email_with_two_at_signs_is_not_an_address() -> None:
     ]
 
 
-def test_email_glued_to_digits_ends_at_the_tld() -> None:
-    text = "ines@mail.example.org219-09-9999"
-    assert only("EMAIL_ADDRESS", text) == ["ines@mail.example.org"]
-    # Letters glued to the TLD still make it no TLD at all.
-    assert only("EMAIL_ADDRESS", "ines@mail.example.orgxyz") == ["ines@mail.example.orgxyz"]
-    assert only("EMAIL_ADDRESS", "ines@mail.example.org_x") == []
+def test_email_whose_tld_is_glued_to_digits_is_not_reported() -> None:
+    # "x.com2" may be a typo or a version; the data we measured on says "not an address".
+    assert only("EMAIL_ADDRESS", "ines@mail.example.org2. next") == []
+    assert only("EMAIL_ADDRESS", "ines@mail.example.org. next") == ["ines@mail.example.org"]

@@ -82,8 +82,7 @@ _EMAIL_LOCAL_RUN = re.compile(rf"[\w+%.{_MARK}-]*")
 _EMAIL_DOMAIN = re.compile(
     rf"(?:[^\W_](?:[\w{_MARK}-]{{0,61}}(?:[^\W_]|[{_MARK}]))?\.)+"
     rf"(?:xn--[a-z0-9-]{{2,59}}|[^\W\d_](?:[^\W\d_]|[{_MARK}]){{1,62}})"
-    # A TLD has no digits: one glued to digits ("jane@x.com123-45-6789") ends before them.
-    rf"(?![^\W\d]|[_{_MARK}-]|\.[^\W_])"
+    rf"(?![\w{_MARK}-]|\.[^\W_])"
 )
 _AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
