@@ -26,7 +26,8 @@ through the ``[ner]`` extra, Presidio as its NLP engine) and PERSON/LOCATION are
 Throughput is texts/s on the same texts (Presidio on the first
 ``--presidio-n`` of them if that is smaller), timed chunk by chunk in turns, without the
 garbage collector, ours as the median of ``--repeat`` passes per chunk; quality is computed on
-the texts both analysed.
+the texts both analysed. ``--all-urls`` runs ours with every entity named, which opts in to
+reporting every URL (the sample labels plain URLs; by default only URLs with credentials are).
 A prediction is a true positive when its type matches and its span overlaps a ground-truth span
 of that type; a ground-truth span is recalled when some prediction of its type overlaps it.
 """
@@ -47,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_middleware.pii import PIIDetector
+from llm_middleware.pii import BUILTIN_ENTITIES, PIIDetector
 
 CHUNK = 500
 COMPARED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
@@ -438,12 +439,16 @@ PRESIDIO_ENTITIES = (*COMPARED, "URL", "UK_NINO", "PERSON", "LOCATION")
 NER_TYPES = ("PERSON", "LOCATION")
 
 
-def make_ours(ner: bool) -> Runner:
+def make_ours(ner: bool, all_urls: bool = False) -> Runner:
+    # Naming the entities (URL among them) is how an app opts in to masking every URL.
+    entities = None
+    if all_urls:
+        entities = set(BUILTIN_ENTITIES) | (set(NER_TYPES) if ner else set())
     if not ner:
-        return PIIDetector().detect
+        return PIIDetector(entities).detect
     from llm_middleware.pii.ner import spacy_ner
 
-    return PIIDetector(ner=spacy_ner()).detect
+    return PIIDetector(entities, ner=spacy_ner()).detect
 
 
 def make_presidio(ner: bool = False) -> Runner:
@@ -522,6 +527,12 @@ def main() -> None:
     parser.add_argument(
         "--ner", action="store_true", help="both sides with spaCy (the [ner] extra)"
     )
+    parser.add_argument(
+        "--all-urls",
+        action="store_true",
+        help="ours with every entity named, URL included: every URL (opt-in), not only "
+        "URLs with credentials",
+    )
     args = parser.parse_args()
 
     if args.adversarial:
@@ -540,7 +551,7 @@ def main() -> None:
     total_bytes = sum(len(t.encode()) for t in texts)
     subset_bytes = sum(len(s.text.encode()) for s in subset)
 
-    ours = make_ours(args.ner)
+    ours = make_ours(args.ner, args.all_urls)
     presidio = make_presidio(args.ner)
     for t in texts[:20]:  # warm-up: regex compilation, lazy imports
         ours(t)

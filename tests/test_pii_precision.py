@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_middleware.pii import PIIDetector
+from llm_middleware.pii import BUILTIN_ENTITIES, PIIDetector
 
 DETECTOR = PIIDetector()
 
@@ -66,3 +66,58 @@ def test_email_whose_tld_is_glued_to_digits_is_not_reported() -> None:
     # "x.com2" may be a typo or a version; the data we measured on says "not an address".
     assert only("EMAIL_ADDRESS", "ines@mail.example.org2. next") == []
     assert only("EMAIL_ADDRESS", "ines@mail.example.org. next") == ["ines@mail.example.org"]
+
+
+# --------------------------------------------------------------------------- URL (opt-in)
+
+ALL_URLS = PIIDetector(entities=BUILTIN_ENTITIES)
+
+
+def urls(detector: PIIDetector, text: str) -> list[str]:
+    return [f.text for f in detector.detect(text) if f.entity_type == "URL"]
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("read https://docs.example.org/a/b?q=1#top now", "https://docs.example.org/a/b?q=1#top"),
+        ("at www.example.net/path.", "www.example.net/path"),
+        ("(see http://example.org/wiki/A_(b))", "http://example.org/wiki/A_(b)"),
+        ("mirror ftp://files.example.org/pub/, then", "ftp://files.example.org/pub/"),
+        (
+            "db postgres://ann:pw@db.example.org:5432/x ok",
+            "postgres://ann:pw@db.example.org:5432/x",
+        ),
+    ],
+)
+def test_every_url_when_url_is_named(text: str, value: str) -> None:
+    assert urls(ALL_URLS, text) == [value]
+
+
+def test_plain_urls_only_when_asked_for() -> None:
+    text = "read https://docs.example.org/a and www.example.net/b"
+    assert urls(DETECTOR, text) == []
+    assert urls(PIIDetector(entities=["URL"]), text) == [
+        "https://docs.example.org/a",
+        "www.example.net/b",
+    ]
+    assert urls(PIIDetector(entities=["EMAIL_ADDRESS"]), text) == []
+    # The default still reports URLs with credentials.
+    assert urls(DETECTOR, "db postgres://ann:pw@db.example.org/x") == [
+        "postgres://ann:pw@db.example.org/x"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text", ["not www.x here", "scheme https:// alone", "awww.example.org", "a.www.example.org"]
+)
+def test_url_lookalikes(text: str) -> None:
+    assert urls(ALL_URLS, text) == []
+
+
+def test_a_url_is_masked_whole_with_what_it_holds() -> None:
+    text = "open https://x.example.org/?to=ann@example.org&ip=10.0.0.1 now"
+    found = [(f.entity_type, f.text) for f in ALL_URLS.detect(text)]
+    assert found == [("URL", "https://x.example.org/?to=ann@example.org&ip=10.0.0.1")]
+    # Without URL named, the address and the IP inside it are still found.
+    assert [f.entity_type for f in DETECTOR.detect(text)] == ["EMAIL_ADDRESS", "IP_ADDRESS"]

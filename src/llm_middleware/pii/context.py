@@ -1,5 +1,5 @@
 """Entities recognised by a format *and* a context: dates of birth, passports, driver licences,
-UK National Insurance numbers, URLs carrying credentials.
+UK National Insurance numbers, URLs carrying credentials (and, opt-in, every URL).
 
 A date, or a 6-9 character code, is PII only when the text says what it is: each finder looks
 for its context words first (one case-insensitive search, skipped when a cheap substring test
@@ -17,6 +17,7 @@ __all__ = [
     "find_passports",
     "find_uk_nino",
     "find_url_credentials",
+    "find_urls",
 ]
 
 Span = tuple[int, int]
@@ -149,3 +150,32 @@ def find_url_credentials(text: str) -> Iterator[Span]:
         while end > m.start() and text[end - 1] in ".,;:!?)]}":
             end -= 1
         yield m.start(), end
+
+
+# Every URL (opt-in): a scheme and "://", or "www." and a dotted host; up to whitespace, quotes
+# or angle brackets, without trailing punctuation (and without a closing parenthesis that
+# the URL did not open: "(see https://example.org/a)").
+_URL = re.compile(
+    r"(?:[A-Za-z](?<![\w.+-][A-Za-z])[A-Za-z0-9+.-]{1,15}://(?=[^\s\"'<>/])"
+    r"|w(?<![\w.@-]w)ww\.(?=[A-Za-z0-9-]+\.[A-Za-z]))"
+    r"[^\s\"'<>]+",
+    re.ASCII,
+)
+_URL_TRAILING = ".,;:!?]}'\""
+
+
+def find_urls(text: str) -> Iterator[Span]:
+    if "://" not in text and "www." not in text:
+        return
+    for m in _URL.finditer(text):
+        start, end = m.span()
+        while end > start:
+            last = text[end - 1]
+            if last in _URL_TRAILING or (
+                last == ")" and text.count("(", start, end) < text.count(")", start, end)
+            ):
+                end -= 1
+            else:
+                break
+        if end - start > 8:
+            yield start, end

@@ -549,6 +549,9 @@ def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
 
 # --------------------------------------------------------------------------- registry
 
+_URL_CREDENTIALS = Detector(
+    frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
+)
 _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
@@ -567,8 +570,13 @@ _BUILTINS: tuple[Detector, ...] = (
         _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
     ),
     Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
-    Detector(frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"),
+    _URL_CREDENTIALS,
 )
+# Every URL, when ``entities`` names URL (the default reports only URLs with credentials):
+# plain URLs are not personal data by themselves, and masking them would break the links an
+# app sends to its model, unless the app asks for it.
+# Same score as a URL with credentials: an address or IP inside a URL is masked with it.
+_ALL_URLS = Detector(frozenset({"URL"}), _spans_as("URL", context.find_urls, 0.95))
 BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
 
 _ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -697,6 +705,7 @@ class PIIDetector:
     """Detect PII in text.
 
     ``entities`` limits the entity types reported (default: all built-in and registered ones).
+    Naming ``URL`` in ``entities`` reports every URL; by default only URLs with credentials.
     ``extra`` adds detectors to this instance only. ``ner`` is an optional
     ``callable(text) -> iterable of (entity_type, start, end, score)`` (a spaCy model for
     PERSON, say) whose results are merged with the regex findings.
@@ -721,7 +730,11 @@ class PIIDetector:
             unknown = wanted.difference(*(d.entity_types for d in detectors))
             if unknown and ner is None:
                 raise ValueError(f"no detector for entity types: {', '.join(sorted(unknown))}")
-            detectors = tuple(d for d in detectors if d.entity_types & wanted)
+            detectors = tuple(
+                _ALL_URLS if d is _URL_CREDENTIALS else d
+                for d in detectors
+                if d.entity_types & wanted
+            )
             self._entities = wanted
             # Shared detectors (the digit scan) may report types that were not asked for.
             if any(d.entity_types - wanted for d in detectors) or ner is not None:
