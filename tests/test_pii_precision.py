@@ -121,3 +121,30 @@ def test_a_url_is_masked_whole_with_what_it_holds() -> None:
     assert found == [("URL", "https://x.example.org/?to=ann@example.org&ip=10.0.0.1")]
     # Without URL named, the address and the IP inside it are still found.
     assert [f.entity_type for f in DETECTOR.detect(text)] == ["EMAIL_ADDRESS", "IP_ADDRESS"]
+
+
+# --------------------------------------------------------------------------- one scan, gates
+
+
+def test_context_entities_in_long_texts() -> None:
+    # Past 2 KB, hints are looked for near digits only: the values are still found.
+    filler = "lorem ipsum " * 400
+    text = f"{filler}Passport no. K4821937, born on 17/06/1976, {filler} DL D1234-5678 ok"
+    found = [(f.entity_type, f.text) for f in DETECTOR.detect(text)]
+    assert found == [
+        ("PASSPORT", "K4821937"),
+        ("DATE_OF_BIRTH", "17/06/1976"),
+        ("US_DRIVER_LICENSE", "D1234-5678"),
+    ]
+    assert [f.entity_type for f in DETECTOR.detect(filler + "born " + filler + "17/06/1976")] == []
+
+
+def test_uk_nino_from_the_digit_scan_alone() -> None:
+    detector = PIIDetector(entities=["UK_NINO"])
+    text = "NI number JK123456C, card 4111 1111 1111 1111, ref AB 12 34 56 C"
+    assert [(f.entity_type, f.text) for f in detector.detect(text)] == [
+        ("UK_NINO", "JK123456C"),
+        ("UK_NINO", "AB 12 34 56 C"),
+    ]
+    # A never-issued prefix, or the compact form without its context word, is no NINO.
+    assert detector.detect("GB 12 34 56 C and code JK123456C") == []

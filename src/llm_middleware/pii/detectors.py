@@ -144,10 +144,14 @@ _DIGIT_LED_SHAPES = (
 )
 
 
+# A UK NINO is found at its digits too, its letters being checked afterwards.
+_NINO_SHAPE = rf"(?P<nino>{context.NINO_AFTER_FIRST_DIGIT})"
+
+
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
     return re.compile(
         r"[0-9](?:"
-        rf"{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
+        rf"{_NINO_SHAPE}|{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
 
@@ -371,6 +375,12 @@ def _find_numeric(
                 yield from _find_numeric(text, start, pos, _NUMERIC_NO_CARD)
             else:
                 pos = covered
+        elif kind == "nino":
+            nino = context.nino_start(text, start, pos)
+            if nino is None:
+                pos = start + 1
+            else:
+                yield Finding("UK_NINO", nino, pos, text[nino:pos], 0.8)
         elif kind == "iban":
             start -= 2
             iban_end = _iban_end(text, start, pos)
@@ -539,6 +549,16 @@ def _find_secrets(text: str) -> list[Finding]:
 # --------------------------------------------------------------------------- in context
 
 
+_IN_CONTEXT_SCORES = {"DATE_OF_BIRTH": 0.8, "PASSPORT": 0.7, "US_DRIVER_LICENSE": 0.65}
+
+
+def _find_in_context(text: str) -> list[Finding]:
+    return [
+        Finding(kind, start, end, text[start:end], _IN_CONTEXT_SCORES[kind])
+        for kind, start, end in context.find_in_context(text)
+    ]
+
+
 def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
     def find(text: str) -> Iterator[Finding]:
         for start, end in spans(text):
@@ -555,21 +575,13 @@ _URL_CREDENTIALS = Detector(
 _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
-        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
+        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
         _find_numeric,
     ),
     Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
     Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
     Detector(frozenset({"SECRET"}), _find_secrets),
-    Detector(
-        frozenset({"DATE_OF_BIRTH"}), _spans_as("DATE_OF_BIRTH", context.find_dates_of_birth, 0.8)
-    ),
-    Detector(frozenset({"PASSPORT"}), _spans_as("PASSPORT", context.find_passports, 0.7)),
-    Detector(
-        frozenset({"US_DRIVER_LICENSE"}),
-        _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
-    ),
-    Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
+    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context),
     _URL_CREDENTIALS,
 )
 # Every URL, when ``entities`` names URL (the default reports only URLs with credentials):
