@@ -148,3 +148,11 @@ def test_uk_nino_from_the_digit_scan_alone() -> None:
     ]
     # A never-issued prefix, or the compact form without its context word, is no NINO.
     assert detector.detect("GB 12 34 56 C and code JK123456C") == []
+
+
+def test_ssn_starting_with_00_then_a_phone() -> None:
+    # Found by the masking round-trip property test: "007-01-0001" read as "00" + calling
+    # code 7 swallowed the phone after it, and the SSN then won the overlap.
+    found = [(f.entity_type, f.text) for f in DETECTOR.detect("007-01-0001 (212) 555-0172")]
+    assert found == [("US_SSN", "007-01-0001"), ("PHONE_NUMBER", "(212) 555-0172")]
+    assert only("PHONE_NUMBER", "ring 0049 30 9012 3456") == ["0049 30 9012 3456"]

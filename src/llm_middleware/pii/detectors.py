@@ -58,12 +58,14 @@ SpanFinder = Callable[[str], Iterable[tuple[int, int]]]
 class Detector:
     """A finder and the entity types it can report.
 
-    :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``.
+    :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``,
+    and, when ``digits`` is set, on text without a digit.
     """
 
     entity_types: frozenset[str]
     find: Finder
     hint: str = ""
+    digits: bool = False
 
 
 _HAS_DIGIT = re.compile(r"[0-9]").search
@@ -88,12 +90,13 @@ _AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
 
 
-def _find_emails(text: str) -> Iterator[Finding]:
+def _find_emails(text: str) -> list[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
-    for sign in _AT_SIGNS:
-        if sign in text:
-            yield from _find_emails_at(text, sign)
+    found = list(_find_emails_at(text, "@")) if "@" in text else []
+    if "\uff20" in text:
+        found.extend(_find_emails_at(text, "\uff20"))
+    return found
 
 
 def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
@@ -411,9 +414,11 @@ def _find_numeric(
 # --------------------------------------------------------------------------- PHONE_NUMBER
 
 
-def _find_phones(text: str) -> Iterator[Finding]:
-    for start, end in find_phones(text):
-        yield Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
+def _find_phones(text: str) -> list[Finding]:
+    return [
+        Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
+        for start, end in find_phones(text)
+    ]
 
 
 # --------------------------------------------------------------------------- IPv6
@@ -434,7 +439,7 @@ def _ipv6_valid(candidate: str) -> bool:
 
 
 def _find_ipv6(text: str) -> Iterator[Finding]:
-    # Every IPv6 address has "::" or at least six colons.
+    # Every IPv6 address has "::" or at least six colons (PIIDetector checks for one digit).
     if "::" not in text and text.count(":") < 6:
         return
     # Anchored on ':' (a fast substring search): the address is the run of hex digits, colons
@@ -577,11 +582,12 @@ _BUILTINS: tuple[Detector, ...] = (
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
         _find_numeric,
+        digits=True,
     ),
-    Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
-    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
+    Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True),
+    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":", digits=True),
     Detector(frozenset({"SECRET"}), _find_secrets),
-    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context),
+    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context, digits=True),
     _URL_CREDENTIALS,
 )
 # Every URL, when ``entities`` names URL (the default reports only URLs with credentials):
@@ -751,7 +757,7 @@ class PIIDetector:
             # Shared detectors (the digit scan) may report types that were not asked for.
             if any(d.entity_types - wanted for d in detectors) or ner is not None:
                 self._keep = wanted
-        self._finders = tuple((d.hint, d.find) for d in detectors)
+        self._finders = tuple((d.hint, d.digits, d.find) for d in detectors)
 
     @property
     def entities(self) -> frozenset[str]:
@@ -763,7 +769,13 @@ class PIIDetector:
         if not text:
             return []
         found: list[Finding] = []
-        for hint, find in self._finders:
+        has_digit = None
+        for hint, digits, find in self._finders:
+            if digits:
+                if has_digit is None:
+                    has_digit = any(map(text.__contains__, "0123456789"))
+                if not has_digit:
+                    continue
             if hint in text:
                 found.extend(find(text))
         if self._ner is not None:

@@ -61,6 +61,7 @@ _NOT_A_PHONE = re.compile(
     rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
     rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
 )
+_SSN_LED = re.compile(r"\d{3}-\d\d-\d{4}(?!\d)")
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
 _CC_ONE = frozenset("17")
@@ -197,6 +198,8 @@ def _intl_digits(value: str) -> str | None:
     head = value.lstrip("(")
     if head.startswith("+"):
         return _NON_DIGITS.sub("", value.replace("(0)", ""))
+    if _SSN_LED.match(value):
+        return None  # "007-01-0001 (212) 555-0172": an SSN, not "00" and a calling code
     if value.startswith("011") or (value.startswith("00") and value[2:].lstrip(" ")[:1] > "0"):
         skip = 3 if value[1] == "1" else 2
         # The first group holds the prefix and, when glued to it, a whole calling code
