@@ -136,7 +136,7 @@ def _not_phone_label(text: str, start: int) -> bool:
     return _CONTEXT.search(window, after) is None
 
 
-def _lead_plausible(value: str, digits: str, grouped: bool) -> bool:
+def _lead_plausible(value: str, digits: str, groups: list[str]) -> bool:
     """What the first digits say about a national number (no international prefix).
 
     Only grouped numbers without a trunk ``0`` whose first group has 3 digits (an area code
@@ -148,34 +148,32 @@ def _lead_plausible(value: str, digits: str, grouped: bool) -> bool:
     """
     n = len(digits)
     lead = digits[0]
-    if not grouped or n < 10 or lead == "0" or (n > 10 and lead == "1"):
+    if len(groups) < 2 or n < 10 or lead == "0" or (n > 10 and lead == "1"):
         return True
-    first = _DIGIT_GROUPS.match(value.lstrip("("))
-    if first is None or len(first.group()) != 3:
+    if len(groups[0]) != 3:
         return True
     if n == 10:
         return lead != "1" or _NANP_EXAMPLE.fullmatch(value) is not None
     # A 3-digit area code is followed by 7 digits: one block of 8 or more is something else.
-    return len(_DIGIT_GROUPS.findall(value)) > 2 or first.group() == calling_code(digits)
+    return len(groups) > 2 or groups[0] == calling_code(digits)
 
 
 def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
     if not 7 <= n <= 12:
         return False
-    grouped = digits != value
-    if not grouped and digits.startswith("123456789"):
-        return False  # a placeholder ("123456789", "1234567890"), not a number to protect
-    if not _lead_plausible(value, digits, grouped):
-        return False
-    if not grouped:
+    if digits == value:
+        if digits.startswith("123456789"):
+            return False  # a placeholder ("123456789", "1234567890"), not a number to protect
         return n <= 11 and _context_before(text, start)
+    groups = _DIGIT_GROUPS.findall(value)
+    if not _lead_plausible(value, digits, groups):
+        return False
     if _NOT_A_PHONE.match(value) or (
         _THOUSANDS.fullmatch(value) and not _context_before(text, start)
     ):
         return False
-    groups = _DIGIT_GROUPS.findall(value)
-    if any(len(g) == 1 for g in groups[1:]):
+    if 1 in map(len, groups[1:]):
         return False  # "1 2 3 4 5", ISBNs: counting, not dialling
     if len(groups) >= 4 and all(
         int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
@@ -185,9 +183,10 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
         return False  # part of a card number, or one cut short ("1234 5678 90")
     if _not_phone_label(text, start):
         return False
-    dotted = value.split(".")
-    if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
-        return False  # an IPv4 address, valid or not
+    if value.count(".") == 3:
+        dotted = value.split(".")
+        if all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
+            return False  # an IPv4 address, valid or not
     if n <= 8:
         return _LOCAL_7.fullmatch(value) is not None or _context_before(text, start)
     return True
