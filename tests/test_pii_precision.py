@@ -156,3 +156,15 @@ def test_ssn_starting_with_00_then_a_phone() -> None:
     found = [(f.entity_type, f.text) for f in DETECTOR.detect("007-01-0001 (212) 555-0172")]
     assert found == [("US_SSN", "007-01-0001"), ("PHONE_NUMBER", "(212) 555-0172")]
     assert only("PHONE_NUMBER", "ring 0049 30 9012 3456") == ["0049 30 9012 3456"]
+
+
+def test_phone_with_a_line_label_glued_on() -> None:
+    assert only("PHONE_NUMBER", "Tel 212-555-0172-Fax") == ["212-555-0172"]
+    assert only("PHONE_NUMBER", "0161 496 0734-home, 0161 496 0735-Office") == [
+        "0161 496 0734",
+        "0161 496 0735",
+    ]
+
+
+def test_phone_with_a_code_glued_on_is_a_part_number() -> None:
+    assert only("PHONE_NUMBER", "part 212-555-0172-A7 and 212-555-0172-faxes") == []

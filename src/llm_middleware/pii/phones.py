@@ -33,6 +33,10 @@ _CANDIDATE = re.compile(
     r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
 )
 _GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
+# What a phone line is, glued on with a dash ("212-555-0172-Fax"): the phone is before it.
+_LINE_LABEL = re.compile(
+    r"-(?:fax|tel|phone|home|work|office|mobile|cell|main|direct)(?![^\W\d_])", re.IGNORECASE
+)
 _CURRENCY = frozenset("$€£¥₹")
 _MAX_CANDIDATE = 40
 # Groups of four (cards) and dotted quads (IPv4): never phones, rejected before any other work.
@@ -264,7 +268,7 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
         ext = m.start("ext")
         if ext != -1:
             value = value[: ext - start]
-        elif _GLUED_AFTER.match(text, end):
+        elif _GLUED_AFTER.match(text, end) and not _LINE_LABEL.match(text, end):
             # "2024-05-01T12:30" or "555-123-4567-A": the last chunk is no phone; what is
             # before its whitespace may be one.
             cut = max(value.rfind(" "), value.rfind("\u00a0"))
