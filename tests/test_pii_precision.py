@@ -168,3 +168,11 @@ def test_phone_with_a_line_label_glued_on() -> None:
 
 def test_phone_with_a_code_glued_on_is_a_part_number() -> None:
     assert only("PHONE_NUMBER", "part 212-555-0172-A7 and 212-555-0172-faxes") == []
+
+
+def test_ipv4_then_a_phone() -> None:
+    # Found by the masking round-trip property test: the address and the area code were
+    # read as one phone, which lost the overlap to the IP and left the phone unmasked.
+    found = [(f.entity_type, f.text) for f in DETECTOR.detect("0.11.100.10 (212) 555-0172")]
+    assert found == [("IP_ADDRESS", "0.11.100.10"), ("PHONE_NUMBER", "(212) 555-0172")]
+    assert only("PHONE_NUMBER", "0.11.100.10 212 555 0172") == ["212 555 0172"]

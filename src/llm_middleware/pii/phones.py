@@ -65,6 +65,7 @@ _NOT_A_PHONE = re.compile(
     rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
     rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
 )
+_IPV4_LED = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?![.\d])")
 _SSN_LED = re.compile(r"\d{3}-\d\d-\d{4}(?!\d)")
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
@@ -187,10 +188,8 @@ def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
         return False  # part of a card number, or one cut short ("1234 5678 90")
     if _not_phone_label(text, start):
         return False
-    if value.count(".") == 3:
-        dotted = value.split(".")
-        if all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
-            return False  # an IPv4 address, valid or not
+    if value.count(".") >= 3 and _IPV4_LED.match(value):
+        return False  # an IPv4 address, valid or not, alone or first ("0.1.2.3 (212) 555")
     if n <= 8:
         return _LOCAL_7.fullmatch(value) is not None or _context_before(text, start)
     return True
