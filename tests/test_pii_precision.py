@@ -176,3 +176,9 @@ def test_ipv4_then_a_phone() -> None:
     found = [(f.entity_type, f.text) for f in DETECTOR.detect("0.11.100.10 (212) 555-0172")]
     assert found == [("IP_ADDRESS", "0.11.100.10"), ("PHONE_NUMBER", "(212) 555-0172")]
     assert only("PHONE_NUMBER", "0.11.100.10 212 555 0172") == ["212 555 0172"]
+
+
+def test_dotted_pairs_are_a_phone_not_a_date() -> None:
+    assert only("PHONE_NUMBER", "appelez le 01.42.68.53.00") == ["01.42.68.53.00"]
+    assert only("PHONE_NUMBER", "portable 06.12.28.53.07 merci") == ["06.12.28.53.07"]
+    assert only("PHONE_NUMBER", "le 17.03.2024 et 17.03.24 à 10.30") == []

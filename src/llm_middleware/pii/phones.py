@@ -52,8 +52,10 @@ _CONTEXT = re.compile(
 )
 _CONTEXT_WINDOW = 40
 
+# A date is not followed by more groups: "01.42.68.53.00" is a French phone.
 _DATE = re.compile(
-    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d)"
+    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)"
+    r"|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d|[./-]\d)"
 )
 _YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
 _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
