@@ -1,6 +1,6 @@
 """PII detection benchmark: llm_middleware.pii vs Presidio (regex-only), same texts, one run.
 
-    python bench/pii.py [--data PATH] [--show-misses] [--ner]
+    python bench/pii.py [--data PATH] [--show-misses] [--ner] [--all-urls] [--repeat 3]
     python bench/pii.py --generated [--n 2000] [--presidio-n 2000] [--seed 7] [--repeat 5]
     python bench/pii.py --adversarial
 
