@@ -1,6 +1,7 @@
 """PII detection benchmark: llm_middleware.pii vs Presidio (regex-only), same texts, one run.
 
     python bench/pii.py [--data PATH] [--show-misses] [--ner] [--all-urls] [--repeat 3]
+                        [--phone-regions US,CA,GB]
     python bench/pii.py --generated [--n 2000] [--presidio-n 2000] [--seed 7] [--repeat 5]
     python bench/pii.py --adversarial
 
@@ -439,16 +440,20 @@ PRESIDIO_ENTITIES = (*COMPARED, "URL", "UK_NINO", "PERSON", "LOCATION")
 NER_TYPES = ("PERSON", "LOCATION")
 
 
-def make_ours(ner: bool, all_urls: bool = False) -> Runner:
+def make_ours(
+    ner: bool,
+    all_urls: bool = False,
+    phone_regions: Sequence[str] | None = None,
+) -> Runner:
     # Naming the entities (URL among them) is how an app opts in to masking every URL.
     entities = None
     if all_urls:
         entities = set(BUILTIN_ENTITIES) | (set(NER_TYPES) if ner else set())
     if not ner:
-        return PIIDetector(entities).detect
+        return PIIDetector(entities, phone_regions=phone_regions).detect
     from llm_middleware.pii.ner import spacy_ner
 
-    return PIIDetector(entities, ner=spacy_ner()).detect
+    return PIIDetector(entities, ner=spacy_ner(), phone_regions=phone_regions).detect
 
 
 def make_presidio(ner: bool = False) -> Runner:
@@ -533,6 +538,11 @@ def main() -> None:
         help="ours with every entity named, URL included: every URL (opt-in), not only "
         "URLs with credentials",
     )
+    parser.add_argument(
+        "--phone-regions",
+        help="ours with phone candidates checked by libphonenumber for these comma-separated "
+        "regions (the [phones] extra); ours without the check is then timed and scored too",
+    )
     args = parser.parse_args()
 
     if args.adversarial:
@@ -551,14 +561,20 @@ def main() -> None:
     total_bytes = sum(len(t.encode()) for t in texts)
     subset_bytes = sum(len(s.text.encode()) for s in subset)
 
-    ours = make_ours(args.ner, args.all_urls)
+    regions = args.phone_regions.split(",") if args.phone_regions else None
+    ours = make_ours(args.ner, args.all_urls, regions)
+    # With phone validation, the same detector without it, timed in the same turns.
+    plain = make_ours(args.ner, args.all_urls) if regions else None
     presidio = make_presidio(args.ner)
     for t in texts[:20]:  # warm-up: regex compilation, lazy imports
         ours(t)
         presidio(t)
+        if plain is not None:
+            plain(t)
 
     # Interleaved by chunks, so that both see the same load on a shared machine.
-    ours_time = presidio_time = 0.0
+    ours_time = presidio_time = plain_time = 0.0
+    plain_results: list[Sequence[Any]] = []
     ours_results: list[Sequence[Any]] = []
     presidio_results: list[Sequence[Any]] = []
     for first in range(0, len(texts), CHUNK):
@@ -566,6 +582,10 @@ def main() -> None:
         passes = [timed(ours, chunk) for _ in range(args.repeat)]
         ours_time += statistics.median(elapsed for elapsed, _ in passes)
         ours_results += passes[0][1]
+        if plain is not None:
+            passes = [timed(plain, chunk) for _ in range(args.repeat)]
+            plain_time += statistics.median(elapsed for elapsed, _ in passes)
+            plain_results += passes[0][1]
         if first < len(subset):
             elapsed, results = timed(presidio, chunk[: len(subset) - first])
             presidio_time += elapsed
@@ -584,11 +604,20 @@ def main() -> None:
         f"| llm_middleware.pii | {ours_tps:,.0f} | {total_bytes / ours_time / 1e6:.2f} "
         f"| {1e6 / ours_tps:.1f} |"
     )
+    if plain is not None:
+        plain_tps = len(texts) / plain_time
+        print(
+            f"| llm_middleware.pii without [phones] | {plain_tps:,.0f} "
+            f"| {total_bytes / plain_time / 1e6:.2f} | {1e6 / plain_tps:.1f} |"
+        )
     print(
         f"| Presidio | {presidio_tps:,.0f} | {subset_bytes / presidio_time / 1e6:.3f} "
         f"| {1e6 / presidio_tps:.1f} |"
     )
-    print(f"\nspeed ratio (texts/s): **{ours_tps / presidio_tps:.0f}×**\n")
+    print(f"\nspeed ratio (texts/s): **{ours_tps / presidio_tps:.0f}×**", end="")
+    if plain is not None:
+        print(f" ({len(texts) / plain_time / presidio_tps:.0f}× without [phones])", end="")
+    print("\n")
 
     labelled = {t[0] for s in subset for t in s.truth}
     predicted_ours = {p[0] for preds in ours_preds for p in preds}
@@ -612,6 +641,18 @@ def main() -> None:
             f"| {o.exact_rate():.3f} | {p.precision():.3f} | {p.recall():.3f} "
             f"| {p.exact_rate():.3f} |"
         )
+    if plain is not None:
+        plain_scores = score(subset, spans(plain_results)[: len(subset)], entities)
+        for name, o in (
+            ("PHONE_NUMBER", plain_scores["PHONE_NUMBER"]),
+            ("micro", micro(plain_scores)),
+        ):
+            print(
+                f"\nwithout [phones], {name}: P {o.precision():.3f} R {o.recall():.3f} "
+                f"exact {o.exact_rate():.3f}",
+                end="",
+            )
+        print()
     if on_wider:
         print(
             f"\n{len(on_wider)} of our predictions are on labels of a wider type (not counted; "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from . import context
+from . import phone_regions as phone_regions_module
 from .phones import find_phones
 
 __all__ = [
@@ -421,6 +422,17 @@ def _find_phones(text: str) -> list[Finding]:
     ]
 
 
+def _validated_phones(valid: Validator) -> Finder:
+    def find(text: str) -> list[Finding]:
+        return [
+            Finding("PHONE_NUMBER", start, end, value, 0.7)
+            for start, end in find_phones(text)
+            if valid(value := text[start:end])
+        ]
+
+    return find
+
+
 # --------------------------------------------------------------------------- IPv6
 
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]*")
@@ -579,6 +591,7 @@ def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
 _URL_CREDENTIALS = Detector(
     frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
 )
+_PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True)
 _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
@@ -586,7 +599,7 @@ _BUILTINS: tuple[Detector, ...] = (
         _find_numeric,
         digits=True,
     ),
-    Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True),
+    _PHONES,
     Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":", digits=True),
     Detector(frozenset({"SECRET"}), _find_secrets),
     Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context, digits=True),
@@ -729,6 +742,11 @@ class PIIDetector:
     ``extra`` adds detectors to this instance only. ``ner`` is an optional
     ``callable(text) -> iterable of (entity_type, start, end, score)`` (a spaCy model for
     PERSON, say) whose results are merged with the regex findings.
+
+    ``phone_regions`` (ISO 3166 codes, e.g. ``["US", "CA"]``; needs the ``[phones]`` extra)
+    checks each phone candidate against libphonenumber's numbering plans: a national number
+    must be valid in one of these regions as written, an international one for its country.
+    Off by default: it costs recall on numbers from other regions (see the README).
     """
 
     __slots__ = ("_entities", "_finders", "_keep", "_ner")
@@ -739,8 +757,15 @@ class PIIDetector:
         *,
         extra: Iterable[Detector] = (),
         ner: NerCallable | None = None,
+        phone_regions: Iterable[str] | None = None,
     ) -> None:
         detectors = (*_BUILTINS, *_REGISTRY.values(), *extra)
+        if phone_regions is not None:
+            if not phone_regions_module.available():
+                raise ValueError("phone_regions needs phonenumbers: install llm_middleware[phones]")
+            valid = phone_regions_module.region_validator(phone_regions)
+            phones = Detector(_PHONES.entity_types, _validated_phones(valid), digits=True)
+            detectors = tuple(phones if d is _PHONES else d for d in detectors)
         self._ner = ner
         self._keep: frozenset[str] | None = None
         if entities is None:
