@@ -60,16 +60,56 @@ class Detector:
     """A finder and the entity types it can report.
 
     :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``,
-    and, when ``digits`` is set, on text without a digit.
+    and, when ``digits`` is set, on text without a digit. ``near_digits`` says more: every
+    value it finds holds a digit and its context lies within 128 characters before that digit
+    and 64 after, so in a long text it is only run on those parts.
     """
 
     entity_types: frozenset[str]
     find: Finder
     hint: str = ""
     digits: bool = False
+    near_digits: bool = False
 
 
 _HAS_DIGIT = re.compile(r"[0-9]").search
+# In a text longer than this, finders of values with digits only see the parts around digits:
+# each of them would otherwise step through the whole text in a regex (a few ns a character),
+# while finding the digits is ten memchr scans.
+_LONG_TEXT = 2048
+_BEFORE_DIGITS = 128  # the furthest context word: a NINO's, up to 80 characters before
+_AFTER_DIGITS = 64  # a value's end after its last digit, "... is my birthday" after a date
+_DIGITS = "0123456789"
+
+
+def _digit_windows(text: str) -> list[tuple[int, int]] | None:
+    """Spans of ``text`` around its digits, merged when they touch; None when digits are so
+    dense (over one in 64 characters) that scanning the whole text is cheaper."""
+    limit = len(text) >> 6
+    positions: list[int] = []
+    find = text.find
+    for digit in _DIGITS:
+        i = find(digit)
+        while i != -1:
+            positions.append(i)
+            if len(positions) > limit:
+                return None
+            i = find(digit, i + 1)
+    positions.sort()
+    windows: list[tuple[int, int]] = []
+    if not positions:
+        return windows
+    start = max(0, positions[0] - _BEFORE_DIGITS)
+    end = positions[0] + 1 + _AFTER_DIGITS
+    for i in positions:
+        if i - _BEFORE_DIGITS > end:
+            windows.append((start, end))
+            start = i - _BEFORE_DIGITS
+        end = i + 1 + _AFTER_DIGITS
+    windows.append((start, min(end, len(text))))
+    return windows
+
+
 _START = attrgetter("start")
 _NON_DIGITS = re.compile(r"[^0-9]+")
 
@@ -522,29 +562,49 @@ def _basic_credentials(value: str) -> bool:
     return b":" in decoded
 
 
+_AROUND = 10  # the longest prefix test below ("-----BEGIN", "github_pat_") less one
+
+
+def _around(text: str, mark: str) -> str:
+    """Where to look for a prefix holding ``mark`` within its first 11 characters: in a long
+    text with few ``mark``, the characters around each (a substring search of several
+    characters steps through the whole text, ``str.find`` of one character is a memchr)."""
+    size = len(text)
+    if size <= _LONG_TEXT or text.count(mark) > size >> 6:
+        return text
+    parts = []
+    i = text.find(mark)
+    while i != -1:
+        parts.append(text[max(0, i - _AROUND) : i + _AROUND + 1])
+        i = text.find(mark, i + 1)
+    return "\0".join(parts)
+
+
 def _find_secrets(text: str) -> list[Finding]:
     # Single-character tests (memchr) first: a substring search of a short needle costs a
     # step every few characters, which adds up on long texts.
     candidates: list[tuple[re.Match[str], float]] = []
     prefixed = False
     if "-" in text:
-        if "sk-" in text:
+        near = _around(text, "-")
+        if "sk-" in near:
             candidates.extend((m, 0.9) for m in _OPENAI_KEY.finditer(text) if _token_like(m[0]))
-        if "xox" in text:
+        if "xox" in near:
             candidates.extend((m, 0.9) for m in _SLACK_TOKEN.finditer(text))
-        if "-----BEGIN" in text:
+        if "-----BEGIN" in near:
             candidates.extend((m, 1.0) for m in _PRIVATE_KEY.finditer(text))
-        if "gl" in text:
+        if "gl" in near:
             candidates.extend((m, 0.9) for m in _GITLAB_TOKEN.finditer(text))
-        prefixed = "pypi-" in text
+        prefixed = "pypi-" in near
     if "_" in text:
-        if "gh" in text:
+        near = _around(text, "_")
+        if "gh" in near:
             candidates.extend((m, 0.9) for m in _GITHUB_TOKEN.finditer(text))
-        if "github_pat_" in text:
+        if "github_pat_" in near:
             candidates.extend((m, 0.9) for m in _GITHUB_PAT.finditer(text))
-        if "sk_" in text or "rk_" in text:
+        if "sk_" in near or "rk_" in near:
             candidates.extend((m, 0.9) for m in _STRIPE_KEY.finditer(text))
-        prefixed = prefixed or "npm_" in text or "hf_" in text or "shp" in text
+        prefixed = prefixed or "npm_" in near or "hf_" in near or "shp" in near
     if prefixed or ("G." in text and "SG." in text):
         candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
     if "z" in text and "AIza" in text:
@@ -591,18 +651,19 @@ def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
 _URL_CREDENTIALS = Detector(
     frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
 )
-_PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True)
+_PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True, near_digits=True)
 _BUILTINS: tuple[Detector, ...] = (
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
         _find_numeric,
         digits=True,
+        near_digits=True,
     ),
     _PHONES,
-    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":", digits=True),
+    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":", digits=True, near_digits=True),
     Detector(frozenset({"SECRET"}), _find_secrets),
-    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context, digits=True),
+    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context, digits=True, near_digits=True),
     _URL_CREDENTIALS,
 )
 # Every URL, when ``entities`` names URL (the default reports only URLs with credentials):
@@ -764,7 +825,9 @@ class PIIDetector:
             if not phone_regions_module.available():
                 raise ValueError("phone_regions needs phonenumbers: install llm_middleware[phones]")
             valid = phone_regions_module.region_validator(phone_regions)
-            phones = Detector(_PHONES.entity_types, _validated_phones(valid), digits=True)
+            phones = Detector(
+                _PHONES.entity_types, _validated_phones(valid), digits=True, near_digits=True
+            )
             detectors = tuple(phones if d is _PHONES else d for d in detectors)
         self._ner = ner
         self._keep: frozenset[str] | None = None
@@ -784,7 +847,9 @@ class PIIDetector:
             # Shared detectors (the digit scan) may report types that were not asked for.
             if any(d.entity_types - wanted for d in detectors) or ner is not None:
                 self._keep = wanted
-        self._finders = tuple((d.hint, d.digits, d.find) for d in detectors)
+        self._finders = tuple(
+            (d.hint, d.digits or d.near_digits, d.near_digits, d.find) for d in detectors
+        )
 
     @property
     def entities(self) -> frozenset[str]:
@@ -797,13 +862,25 @@ class PIIDetector:
             return []
         found: list[Finding] = []
         has_digit = None
-        for hint, digits, find in self._finders:
+        windows: list[tuple[int, int]] | None = None
+        long = len(text) > _LONG_TEXT
+        for hint, digits, near_digits, find in self._finders:
             if digits:
                 if has_digit is None:
-                    has_digit = any(map(text.__contains__, "0123456789"))
+                    has_digit = any(map(text.__contains__, _DIGITS))
+                    if has_digit and long:
+                        windows = _digit_windows(text)
                 if not has_digit:
                     continue
-            if hint in text:
+            if hint not in text:
+                continue
+            if near_digits and windows is not None:
+                for start, end in windows:
+                    found.extend(
+                        Finding(f.entity_type, f.start + start, f.end + start, f.text, f.score)
+                        for f in find(text[start:end])
+                    )
+            else:
                 found.extend(find(text))
         if self._ner is not None:
             found.extend(_ner_findings(text, self._ner(text), found))
