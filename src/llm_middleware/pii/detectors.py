@@ -134,10 +134,12 @@ _EMAIL_MAX_LOCAL = 64
 def _find_emails(text: str) -> list[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
-    found = list(_find_emails_at(text, "@")) if "@" in text else []
-    if "\uff20" in text:
-        found.extend(_find_emails_at(text, "\uff20"))
-    return found
+    # PIIDetector calls it only on texts with "@" (the full-width form has its own detector).
+    return list(_find_emails_at(text, "@"))
+
+
+def _find_fullwidth_emails(text: str) -> list[Finding]:
+    return list(_find_emails_at(text, "\uff20"))
 
 
 def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
@@ -634,7 +636,7 @@ _IN_CONTEXT_SCORES = {"DATE_OF_BIRTH": 0.8, "PASSPORT": 0.7, "US_DRIVER_LICENSE"
 def _find_in_context(text: str) -> list[Finding]:
     return [
         Finding(kind, start, end, text[start:end], _IN_CONTEXT_SCORES[kind])
-        for kind, start, end in context.find_in_context(text)
+        for kind, start, end in context.find_in_context_with_digits(text)
     ]
 
 
@@ -653,7 +655,8 @@ _URL_CREDENTIALS = Detector(
 )
 _PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True, near_digits=True)
 _BUILTINS: tuple[Detector, ...] = (
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_fullwidth_emails, hint="\uff20"),
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
         _find_numeric,

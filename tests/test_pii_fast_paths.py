@@ -1,5 +1,6 @@
-"""Long texts: finders of values with digits run only around the digits, secret prefixes are
-looked for only around their '-' / '_' (speed); findings must be those of a whole-text scan.
+"""Fast paths must find what the plain paths find. Long texts: finders of values with digits
+run only around the digits, secret prefixes are looked for only around their '-' / '_'.
+Short texts: one search for every context hint; e-mails gated on their '@'.
 
 Every value here is written for this test (fictional numbers, documentation ranges).
 """
@@ -113,3 +114,44 @@ def test_a_custom_digit_detector_still_sees_the_whole_long_text() -> None:
     found = PIIDetector(["REFERENCE"], extra=[custom]).detect(text)
     assert [(f.entity_type, f.start) for f in found] == [("REFERENCE", 0)]
     assert seen == [len(text)]
+
+
+SHORT_CONTEXT_TEXTS = [
+    "DOB: 1990-01-01",
+    "D.O.B. 02.12.1979",
+    "geboren am 17.06.1976",
+    "née le 3/4/1980",
+    "Passport no. K4821937",
+    "pasaporte X1234567",
+    "DL D1234-5678 ok",
+    "Driving Licence 4821 5530",
+    "handled 1990-01-01 in 3 days",  # hint-like letters ("dl"), no context word
+    "call 555-0132 at 10",  # digits, no hint
+]
+
+
+@pytest.mark.parametrize("text", SHORT_CONTEXT_TEXTS)
+def test_short_text_hint_search_agrees_with_the_substring_tests(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_middleware.pii import context
+
+    one_search = context.find_in_context(text)
+    monkeypatch.setattr(context, "_SHORT_TEXT", -1)
+    assert context.find_in_context(text) == one_search
+
+
+def test_short_context_texts_find_their_values() -> None:
+    from llm_middleware.pii import context
+
+    kinds = [[k for k, _, _ in context.find_in_context(t)] for t in SHORT_CONTEXT_TEXTS]
+    assert kinds[:8] == [["DATE_OF_BIRTH"]] * 4 + [["PASSPORT"]] * 2 + [["US_DRIVER_LICENSE"]] * 2
+    assert kinds[8:] == [[], []]
+
+
+def test_ascii_and_fullwidth_at_signs_in_one_text() -> None:
+    found = PIIDetector().detect("ana＠example.org or jane@example.com")
+    assert [(f.entity_type, f.text) for f in found] == [
+        ("EMAIL_ADDRESS", "ana＠example.org"),
+        ("EMAIL_ADDRESS", "jane@example.com"),
+    ]
