@@ -7,7 +7,8 @@ in too many ways to enumerate per region (``0775 2212 211``, ``(020) 8231 7777``
 about shape instead: 7 to 13 digits in groups, and none of the shapes that numbers other than
 phones take (dates, IPv4 addresses, SSNs, ZIP+4 codes, thousands, years). A run of digits
 without separators (``0743544311``) is only a phone after a phone word ("phone", "tel",
-"call", "móvil"...) shortly before it, since order numbers and epochs look the same.
+"call", "móvil", "my number"...) shortly before it, since order numbers and epochs look the
+same.
 
 ``phonenumbers`` (libphonenumber's metadata) checks these candidates against regions' numbering
 plans only when a detector is built with ``phone_regions`` (:mod:`.phone_regions`, the
@@ -48,7 +49,10 @@ _MAX_WINDOW = 24  # the longest national number with its separators
 _CONTEXT = re.compile(
     r"(?:phone|tel\b|tel[eé]|t[eé]l\.|tlf|tf\.|\bcall|\bmobile?|\bcell|\bfax|\bdial|whats\s?app"
     r"|\bsms\b|\bm[oó]vil|\bllam|\bportable|\bhandy|\bruf|\bappel|numbers|n[uúùü]meros"
-    r"|num[eé]ros|numeri|nummern|contact|reach)",
+    r"|num[eé]ros|numeri|nummern|contact|reach"
+    # "my number is ...": a number someone owns is a phone; "account number", "order number"
+    # are not, so "number" alone only counts after a possessive.
+    r"|\b(?:my|your|his|her|our|their)\s+(?:(?:home|work|new|private)\s+)?number\b)",
     re.IGNORECASE,
 )
 _CONTEXT_WINDOW = 40
