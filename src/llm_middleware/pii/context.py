@@ -1,5 +1,5 @@
 """Entities recognised by a format *and* a context: dates of birth, passports, driver licences,
-UK National Insurance numbers, URLs carrying credentials.
+UK National Insurance numbers, URLs carrying credentials (and, opt-in, every URL).
 
 A date, or a 6-9 character code, is PII only when the text says what it is: each finder looks
 for its context words first (one case-insensitive search, skipped when a cheap substring test
@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterator
 
 __all__ = [
+    "NINO_AFTER_FIRST_DIGIT",
     "find_dates_of_birth",
     "find_driver_licenses",
+    "find_in_context",
     "find_passports",
     "find_uk_nino",
     "find_url_credentials",
+    "find_urls",
 ]
 
 Span = tuple[int, int]
@@ -63,23 +66,89 @@ def _near(
                         yield m.span()
 
 
+# Substring tests on the lower-cased text, far cheaper than a case-insensitive regex over it;
+# a hint may pass where the context regex then finds nothing ("pass" in "password").
+_BIRTH_HINTS = ("born", "birth", "dob", "d.o.b", "geboren", "né", "naci", "naissance")
+_PASSPORT_HINTS = ("pass", "pasa")
+
+
 def _any_in(text: str, words: tuple[str, ...]) -> bool:
-    # Plain substring tests are far cheaper than a case-insensitive regex over the text.
     return any(map(text.__contains__, words))
 
 
-_BIRTH_HINTS = (
-    "born", "Born", "BORN", "irth", "IRTH", "dob", "Dob", "DOB", "d.o.b", "D.O.B", "eboren",
-    "né", "acid", "acimiento", "aissance",
-)  # fmt: skip
-_PASSPORT_HINTS = ("assport", "ASSPORT", "asaporte", "ASAPORTE", "asseport", "eisepass")
-_LICENSE_HINTS = ("icen", "ICEN", "DL")
+def _has_license_hint(text: str, low: str) -> bool:
+    return "licen" in low or "DL" in text
+
+
+def _has_digit(text: str) -> bool:
+    # Ten substring tests (memchr) beat one regex search, which steps through every character.
+    return any(map(text.__contains__, "0123456789"))
+
+
+# Digits with at most 100 other characters between them: every context word of a value is
+# within _NEAR_DIGITS characters of one of these clusters.
+_DIGIT_CLUSTER = re.compile(r"[0-9](?:[^0-9]{0,100}[0-9])*+")
+_NEAR_DIGITS = 64
+_LONG_TEXT = 2048
+
+
+def _hint_text(text: str) -> str:
+    """The lower-cased text the hints are looked for in: in a long text, only the parts near
+    digits (substring search slows down on long repetitive texts such as "aaaa…")."""
+    if len(text) <= _LONG_TEXT:
+        return text.lower()
+    size = len(text)
+    parts = [
+        text[max(0, m.start() - _NEAR_DIGITS) : min(size, m.end() + _NEAR_DIGITS)]
+        for m in _DIGIT_CLUSTER.finditer(text)
+    ]
+    return "\n".join(parts).lower()
+
+
+def find_in_context(text: str) -> list[tuple[str, int, int]]:
+    """DATE_OF_BIRTH, PASSPORT and US_DRIVER_LICENSE spans, sorted by type then start.
+
+    All three values hold digits; the text is lower-cased once for the three sets of hints.
+    """
+    if not _has_digit(text):
+        return []
+    return find_in_context_with_digits(text)
+
+
+# Every hint above in one search: on a short text, one regex call costs less than ten
+# substring tests, each a Python-level call; on a long one the substring tests win.
+_SHORT_TEXT = 256
+_ANY_HINT = re.compile(
+    "|".join(re.escape(h) for h in (*_BIRTH_HINTS, *_PASSPORT_HINTS, "licen", "dl"))
+)
+
+
+def find_in_context_with_digits(text: str) -> list[tuple[str, int, int]]:
+    """:func:`find_in_context` for a text known to hold a digit."""
+    if len(text) <= _SHORT_TEXT:
+        low = text.lower()
+        if _ANY_HINT.search(low) is None:
+            return []
+    else:
+        low = _hint_text(text)
+    found: list[tuple[str, int, int]] = []
+    if _any_in(low, _BIRTH_HINTS):
+        found.extend(("DATE_OF_BIRTH", s, e) for s, e in _dates_of_birth(text))
+    if _any_in(low, _PASSPORT_HINTS):
+        found.extend(("PASSPORT", s, e) for s, e in _passports(text))
+    if _has_license_hint(text, low):
+        found.extend(("US_DRIVER_LICENSE", s, e) for s, e in _driver_licenses(text))
+    return found
+
+
+def _dates_of_birth(text: str) -> Iterator[Span]:
+    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE)
 
 
 def find_dates_of_birth(text: str) -> Iterator[Span]:
-    if not _any_in(text, _BIRTH_HINTS):
+    if not _any_in(text.lower(), _BIRTH_HINTS):
         return iter(())
-    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE)
+    return _dates_of_birth(text)
 
 
 # A passport number: 6-9 letters and digits with at least one digit ("X1234567", "123456789").
@@ -94,46 +163,62 @@ _LICENSE = re.compile(
 _DOC_AFTER = 30
 
 
-def find_passports(text: str) -> Iterator[Span]:
-    if not _any_in(text, _PASSPORT_HINTS):
-        return iter(())
+def _passports(text: str) -> Iterator[Span]:
     return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0)
 
 
-def find_driver_licenses(text: str) -> Iterator[Span]:
-    if not _any_in(text, _LICENSE_HINTS):
-        return iter(())
+def _driver_licenses(text: str) -> Iterator[Span]:
     return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0)
+
+
+def find_passports(text: str) -> Iterator[Span]:
+    if not _any_in(text.lower(), _PASSPORT_HINTS):
+        return iter(())
+    return _passports(text)
+
+
+def find_driver_licenses(text: str) -> Iterator[Span]:
+    if not _has_license_hint(text, text.lower()):
+        return iter(())
+    return _driver_licenses(text)
 
 
 # UK National Insurance number: two letters (not D, F, I, Q, U, V; second not O; not BG, GB,
 # KN, NK, NT, TN, ZZ), six digits, suffix A-D. The compact form needs a context word nearby;
 # the spaced forms ("AZ 12 34 56 A", "AZ 123 456 A") are distinctive on their own.
 # Found at its digits (the scan stops at digits only); the letters before are checked after.
-_NINO = re.compile(
-    r"\d(?:(?<=[A-Z]\d)|(?<=[A-Z] \d))\d(?:[ ]\d\d[ ]\d\d[ ]|\d[ ]\d{3}[ ]|\d{4}[ ]?)[A-D](?!\w)"
+# After the first digit (the digit-led scan of detectors.py has consumed it already).
+NINO_AFTER_FIRST_DIGIT = (
+    r"(?:(?<=[A-Z]\d)|(?<=[A-Z] \d))\d(?:[ ]\d\d[ ]\d\d[ ]|\d[ ]\d{3}[ ]|\d{4}[ ]?)[A-D](?!\w)"
 )
+_NINO = re.compile(r"\d" + NINO_AFTER_FIRST_DIGIT)
 _NINO_PREFIX = re.compile(r"(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
 _NINO_CONTEXT = re.compile(r"\bNI\b|\bNINO\b|national\s+insurance", re.IGNORECASE)
 _NINO_CONTEXT_WINDOW = 80
 
 
+def nino_start(text: str, digits: int, end: int) -> int | None:
+    """Start of the UK NINO whose digits start at ``digits`` and which ends at ``end``."""
+    spaced = digits >= 3 and text[digits - 1] == " "
+    start = digits - 3 if spaced else digits - 2
+    if (
+        start < 0
+        or (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
+        or _NINO_PREFIX.match(text, start, start + 2) is None
+    ):
+        return None
+    # The compact form needs a context word; the spaced forms are distinctive on their own.
+    if (spaced and " " in text[digits:end]) or _NINO_CONTEXT.search(
+        text, max(0, start - _NINO_CONTEXT_WINDOW), start
+    ):
+        return start
+    return None
+
+
 def find_uk_nino(text: str) -> Iterator[Span]:
     for m in _NINO.finditer(text):
-        digits = m.start()
-        spaced = digits >= 3 and text[digits - 1] == " "
-        start = digits - 3 if spaced else digits - 2
-        if (
-            start < 0
-            or (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
-            or _NINO_PREFIX.match(text, start, start + 2) is None
-        ):
-            continue
-        value = m.group()
-        # The compact form needs a context word; the spaced forms are distinctive on their own.
-        if (spaced and " " in value) or _NINO_CONTEXT.search(
-            text, max(0, start - _NINO_CONTEXT_WINDOW), start
-        ):
+        start = nino_start(text, m.start(), m.end())
+        if start is not None:
             yield start, m.end()
 
 
@@ -149,3 +234,32 @@ def find_url_credentials(text: str) -> Iterator[Span]:
         while end > m.start() and text[end - 1] in ".,;:!?)]}":
             end -= 1
         yield m.start(), end
+
+
+# Every URL (opt-in): a scheme and "://", or "www." and a dotted host; up to whitespace, quotes
+# or angle brackets, without trailing punctuation (and without a closing parenthesis that
+# the URL did not open: "(see https://example.org/a)").
+_URL = re.compile(
+    r"(?:[A-Za-z](?<![\w.+-][A-Za-z])[A-Za-z0-9+.-]{1,15}://(?=[^\s\"'<>/])"
+    r"|w(?<![\w.@-]w)ww\.(?=[A-Za-z0-9-]+\.[A-Za-z]))"
+    r"[^\s\"'<>]+",
+    re.ASCII,
+)
+_URL_TRAILING = ".,;:!?]}'\""
+
+
+def find_urls(text: str) -> Iterator[Span]:
+    if "://" not in text and "www." not in text:
+        return
+    for m in _URL.finditer(text):
+        start, end = m.span()
+        while end > start:
+            last = text[end - 1]
+            if last in _URL_TRAILING or (
+                last == ")" and text.count("(", start, end) < text.count(")", start, end)
+            ):
+                end -= 1
+            else:
+                break
+        if end - start > 8:
+            yield start, end

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from . import context
+from . import phone_regions as phone_regions_module
 from .phones import find_phones
 
 __all__ = [
@@ -58,15 +59,57 @@ SpanFinder = Callable[[str], Iterable[tuple[int, int]]]
 class Detector:
     """A finder and the entity types it can report.
 
-    :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``.
+    :class:`PIIDetector` skips it on text that lacks ``hint``, a substring such as ``"@"``,
+    and, when ``digits`` is set, on text without a digit. ``near_digits`` says more: every
+    value it finds holds a digit and its context lies within 128 characters before that digit
+    and 64 after, so in a long text it is only run on those parts.
     """
 
     entity_types: frozenset[str]
     find: Finder
     hint: str = ""
+    digits: bool = False
+    near_digits: bool = False
 
 
 _HAS_DIGIT = re.compile(r"[0-9]").search
+# In a text longer than this, finders of values with digits only see the parts around digits:
+# each of them would otherwise step through the whole text in a regex (a few ns a character),
+# while finding the digits is ten memchr scans.
+_LONG_TEXT = 2048
+_BEFORE_DIGITS = 128  # the furthest context word: a NINO's, up to 80 characters before
+_AFTER_DIGITS = 64  # a value's end after its last digit, "... is my birthday" after a date
+_DIGITS = "0123456789"
+
+
+def _digit_windows(text: str) -> list[tuple[int, int]] | None:
+    """Spans of ``text`` around its digits, merged when they touch; None when digits are so
+    dense (over one in 64 characters) that scanning the whole text is cheaper."""
+    limit = len(text) >> 6
+    positions: list[int] = []
+    find = text.find
+    for digit in _DIGITS:
+        i = find(digit)
+        while i != -1:
+            positions.append(i)
+            if len(positions) > limit:
+                return None
+            i = find(digit, i + 1)
+    positions.sort()
+    windows: list[tuple[int, int]] = []
+    if not positions:
+        return windows
+    start = max(0, positions[0] - _BEFORE_DIGITS)
+    end = positions[0] + 1 + _AFTER_DIGITS
+    for i in positions:
+        if i - _BEFORE_DIGITS > end:
+            windows.append((start, end))
+            start = i - _BEFORE_DIGITS
+        end = i + 1 + _AFTER_DIGITS
+    windows.append((start, min(end, len(text))))
+    return windows
+
+
 _START = attrgetter("start")
 _NON_DIGITS = re.compile(r"[^0-9]+")
 
@@ -88,12 +131,15 @@ _AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
 
 
-def _find_emails(text: str) -> Iterator[Finding]:
+def _find_emails(text: str) -> list[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
-    for sign in _AT_SIGNS:
-        if sign in text:
-            yield from _find_emails_at(text, sign)
+    # PIIDetector calls it only on texts with "@" (the full-width form has its own detector).
+    return list(_find_emails_at(text, "@"))
+
+
+def _find_fullwidth_emails(text: str) -> list[Finding]:
+    return list(_find_emails_at(text, "\uff20"))
 
 
 def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
@@ -110,11 +156,13 @@ def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
                 start += 1
             local = text[start:at]
             # A run reaching the window start is too long, or glued to the previous address.
+            # "user@host@example.org" is no address (two '@' in one token).
             if (
                 local
                 and local[-1] != "."
                 and ".." not in local
                 and (size < at - lowest or not lowest)
+                and (not start or text[start - 1] not in _AT_SIGNS)
             ):
                 end = domain.end()
                 yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
@@ -142,10 +190,14 @@ _DIGIT_LED_SHAPES = (
 )
 
 
+# A UK NINO is found at its digits too, its letters being checked afterwards.
+_NINO_SHAPE = rf"(?P<nino>{context.NINO_AFTER_FIRST_DIGIT})"
+
+
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
     return re.compile(
         r"[0-9](?:"
-        rf"{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
+        rf"{_NINO_SHAPE}|{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
 
@@ -369,6 +421,12 @@ def _find_numeric(
                 yield from _find_numeric(text, start, pos, _NUMERIC_NO_CARD)
             else:
                 pos = covered
+        elif kind == "nino":
+            nino = context.nino_start(text, start, pos)
+            if nino is None:
+                pos = start + 1
+            else:
+                yield Finding("UK_NINO", nino, pos, text[nino:pos], 0.8)
         elif kind == "iban":
             start -= 2
             iban_end = _iban_end(text, start, pos)
@@ -399,9 +457,22 @@ def _find_numeric(
 # --------------------------------------------------------------------------- PHONE_NUMBER
 
 
-def _find_phones(text: str) -> Iterator[Finding]:
-    for start, end in find_phones(text):
-        yield Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
+def _find_phones(text: str) -> list[Finding]:
+    return [
+        Finding("PHONE_NUMBER", start, end, text[start:end], 0.7)
+        for start, end in find_phones(text)
+    ]
+
+
+def _validated_phones(valid: Validator) -> Finder:
+    def find(text: str) -> list[Finding]:
+        return [
+            Finding("PHONE_NUMBER", start, end, value, 0.7)
+            for start, end in find_phones(text)
+            if valid(value := text[start:end])
+        ]
+
+    return find
 
 
 # --------------------------------------------------------------------------- IPv6
@@ -422,7 +493,7 @@ def _ipv6_valid(candidate: str) -> bool:
 
 
 def _find_ipv6(text: str) -> Iterator[Finding]:
-    # Every IPv6 address has "::" or at least six colons.
+    # Every IPv6 address has "::" or at least six colons (PIIDetector checks for one digit).
     if "::" not in text and text.count(":") < 6:
         return
     # Anchored on ':' (a fast substring search): the address is the run of hex digits, colons
@@ -493,32 +564,54 @@ def _basic_credentials(value: str) -> bool:
     return b":" in decoded
 
 
+_AROUND = 10  # the longest prefix test below ("-----BEGIN", "github_pat_") less one
+
+
+def _around(text: str, mark: str) -> str:
+    """Where to look for a prefix holding ``mark`` within its first 11 characters: in a long
+    text with few ``mark``, the characters around each (a substring search of several
+    characters steps through the whole text, ``str.find`` of one character is a memchr)."""
+    size = len(text)
+    if size <= _LONG_TEXT or text.count(mark) > size >> 6:
+        return text
+    parts = []
+    i = text.find(mark)
+    while i != -1:
+        parts.append(text[max(0, i - _AROUND) : i + _AROUND + 1])
+        i = text.find(mark, i + 1)
+    return "\0".join(parts)
+
+
 def _find_secrets(text: str) -> list[Finding]:
-    # Single-character tests first: they are much cheaper than substring searches.
+    # Single-character tests (memchr) first: a substring search of a short needle costs a
+    # step every few characters, which adds up on long texts.
     candidates: list[tuple[re.Match[str], float]] = []
+    prefixed = False
     if "-" in text:
-        if "sk-" in text:
+        near = _around(text, "-")
+        if "sk-" in near:
             candidates.extend((m, 0.9) for m in _OPENAI_KEY.finditer(text) if _token_like(m[0]))
-        if "xox" in text:
+        if "xox" in near:
             candidates.extend((m, 0.9) for m in _SLACK_TOKEN.finditer(text))
-        if "-----BEGIN" in text:
+        if "-----BEGIN" in near:
             candidates.extend((m, 1.0) for m in _PRIVATE_KEY.finditer(text))
+        if "gl" in near:
+            candidates.extend((m, 0.9) for m in _GITLAB_TOKEN.finditer(text))
+        prefixed = "pypi-" in near
     if "_" in text:
-        if "gh" in text:
+        near = _around(text, "_")
+        if "gh" in near:
             candidates.extend((m, 0.9) for m in _GITHUB_TOKEN.finditer(text))
-        if "github_pat_" in text:
+        if "github_pat_" in near:
             candidates.extend((m, 0.9) for m in _GITHUB_PAT.finditer(text))
-        if "sk_" in text or "rk_" in text:
+        if "sk_" in near or "rk_" in near:
             candidates.extend((m, 0.9) for m in _STRIPE_KEY.finditer(text))
-        if "npm_" in text or "hf_" in text or "shp" in text:
-            candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
-    if "gl" in text and "-" in text:
-        candidates.extend((m, 0.9) for m in _GITLAB_TOKEN.finditer(text))
-    if "SG." in text or "pypi-" in text:
+        prefixed = prefixed or "npm_" in near or "hf_" in near or "shp" in near
+    if prefixed or ("G." in text and "SG." in text):
         candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
-    if "AIza" in text:
+    if "z" in text and "AIza" in text:
         candidates.extend((m, 0.9) for m in _GOOGLE_KEY.finditer(text))
-    if "IA" in text:
+    if "I" in text and "IA" in text:
         candidates.extend((m, 0.9) for m in _AWS_KEY_ID.finditer(text))
     if "J" in text and "eyJ" in text:
         candidates.extend((m, 0.9) for m in _JWT.finditer(text))
@@ -537,6 +630,16 @@ def _find_secrets(text: str) -> list[Finding]:
 # --------------------------------------------------------------------------- in context
 
 
+_IN_CONTEXT_SCORES = {"DATE_OF_BIRTH": 0.8, "PASSPORT": 0.7, "US_DRIVER_LICENSE": 0.65}
+
+
+def _find_in_context(text: str) -> list[Finding]:
+    return [
+        Finding(kind, start, end, text[start:end], _IN_CONTEXT_SCORES[kind])
+        for kind, start, end in context.find_in_context_with_digits(text)
+    ]
+
+
 def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
     def find(text: str) -> Iterator[Finding]:
         for start, end in spans(text):
@@ -547,26 +650,30 @@ def _spans_as(entity_type: str, spans: SpanFinder, score: float) -> Finder:
 
 # --------------------------------------------------------------------------- registry
 
-_BUILTINS: tuple[Detector, ...] = (
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails),
-    Detector(
-        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE"}),
-        _find_numeric,
-    ),
-    Detector(frozenset({"PHONE_NUMBER"}), _find_phones),
-    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":"),
-    Detector(frozenset({"SECRET"}), _find_secrets),
-    Detector(
-        frozenset({"DATE_OF_BIRTH"}), _spans_as("DATE_OF_BIRTH", context.find_dates_of_birth, 0.8)
-    ),
-    Detector(frozenset({"PASSPORT"}), _spans_as("PASSPORT", context.find_passports, 0.7)),
-    Detector(
-        frozenset({"US_DRIVER_LICENSE"}),
-        _spans_as("US_DRIVER_LICENSE", context.find_driver_licenses, 0.65),
-    ),
-    Detector(frozenset({"UK_NINO"}), _spans_as("UK_NINO", context.find_uk_nino, 0.8)),
-    Detector(frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"),
+_URL_CREDENTIALS = Detector(
+    frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
 )
+_PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True, near_digits=True)
+_BUILTINS: tuple[Detector, ...] = (
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_emails, hint="@"),
+    Detector(frozenset({"EMAIL_ADDRESS"}), _find_fullwidth_emails, hint="\uff20"),
+    Detector(
+        frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
+        _find_numeric,
+        digits=True,
+        near_digits=True,
+    ),
+    _PHONES,
+    Detector(frozenset({"IP_ADDRESS"}), _find_ipv6, hint=":", digits=True, near_digits=True),
+    Detector(frozenset({"SECRET"}), _find_secrets),
+    Detector(frozenset(_IN_CONTEXT_SCORES), _find_in_context, digits=True, near_digits=True),
+    _URL_CREDENTIALS,
+)
+# Every URL, when ``entities`` names URL (the default reports only URLs with credentials):
+# plain URLs are not personal data by themselves, and masking them would break the links an
+# app sends to its model, unless the app asks for it.
+# Same score as a URL with credentials: an address or IP inside a URL is masked with it.
+_ALL_URLS = Detector(frozenset({"URL"}), _spans_as("URL", context.find_urls, 0.95))
 BUILTIN_ENTITIES: frozenset[str] = frozenset().union(*(d.entity_types for d in _BUILTINS))
 
 _ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -695,9 +802,15 @@ class PIIDetector:
     """Detect PII in text.
 
     ``entities`` limits the entity types reported (default: all built-in and registered ones).
+    Naming ``URL`` in ``entities`` reports every URL; by default only URLs with credentials.
     ``extra`` adds detectors to this instance only. ``ner`` is an optional
     ``callable(text) -> iterable of (entity_type, start, end, score)`` (a spaCy model for
     PERSON, say) whose results are merged with the regex findings.
+
+    ``phone_regions`` (ISO 3166 codes, e.g. ``["US", "CA"]``; needs the ``[phones]`` extra)
+    checks each phone candidate against libphonenumber's numbering plans: a national number
+    must be valid in one of these regions as written, an international one for its country.
+    Off by default: it costs recall on numbers from other regions (see the README).
     """
 
     __slots__ = ("_entities", "_finders", "_keep", "_ner")
@@ -708,8 +821,17 @@ class PIIDetector:
         *,
         extra: Iterable[Detector] = (),
         ner: NerCallable | None = None,
+        phone_regions: Iterable[str] | None = None,
     ) -> None:
         detectors = (*_BUILTINS, *_REGISTRY.values(), *extra)
+        if phone_regions is not None:
+            if not phone_regions_module.available():
+                raise ValueError("phone_regions needs phonenumbers: install llm_middleware[phones]")
+            valid = phone_regions_module.region_validator(phone_regions)
+            phones = Detector(
+                _PHONES.entity_types, _validated_phones(valid), digits=True, near_digits=True
+            )
+            detectors = tuple(phones if d is _PHONES else d for d in detectors)
         self._ner = ner
         self._keep: frozenset[str] | None = None
         if entities is None:
@@ -719,12 +841,18 @@ class PIIDetector:
             unknown = wanted.difference(*(d.entity_types for d in detectors))
             if unknown and ner is None:
                 raise ValueError(f"no detector for entity types: {', '.join(sorted(unknown))}")
-            detectors = tuple(d for d in detectors if d.entity_types & wanted)
+            detectors = tuple(
+                _ALL_URLS if d is _URL_CREDENTIALS else d
+                for d in detectors
+                if d.entity_types & wanted
+            )
             self._entities = wanted
             # Shared detectors (the digit scan) may report types that were not asked for.
             if any(d.entity_types - wanted for d in detectors) or ner is not None:
                 self._keep = wanted
-        self._finders = tuple((d.hint, d.find) for d in detectors)
+        self._finders = tuple(
+            (d.hint, d.digits or d.near_digits, d.near_digits, d.find) for d in detectors
+        )
 
     @property
     def entities(self) -> frozenset[str]:
@@ -736,8 +864,26 @@ class PIIDetector:
         if not text:
             return []
         found: list[Finding] = []
-        for hint, find in self._finders:
-            if hint in text:
+        has_digit = None
+        windows: list[tuple[int, int]] | None = None
+        long = len(text) > _LONG_TEXT
+        for hint, digits, near_digits, find in self._finders:
+            if digits:
+                if has_digit is None:
+                    has_digit = any(map(text.__contains__, _DIGITS))
+                    if has_digit and long:
+                        windows = _digit_windows(text)
+                if not has_digit:
+                    continue
+            if hint not in text:
+                continue
+            if near_digits and windows is not None:
+                for start, end in windows:
+                    found.extend(
+                        Finding(f.entity_type, f.start + start, f.end + start, f.text, f.score)
+                        for f in find(text[start:end])
+                    )
+            else:
                 found.extend(find(text))
         if self._ner is not None:
             found.extend(_ner_findings(text, self._ner(text), found))

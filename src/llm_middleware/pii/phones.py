@@ -7,10 +7,12 @@ in too many ways to enumerate per region (``0775 2212 211``, ``(020) 8231 7777``
 about shape instead: 7 to 13 digits in groups, and none of the shapes that numbers other than
 phones take (dates, IPv4 addresses, SSNs, ZIP+4 codes, thousands, years). A run of digits
 without separators (``0743544311``) is only a phone after a phone word ("phone", "tel",
-"call", "móvil"...) shortly before it, since order numbers and epochs look the same.
+"call", "móvil", "my number"...) shortly before it, since order numbers and epochs look the
+same.
 
-``phonenumbers`` (libphonenumber's metadata) was measured as the validator of these candidates
-and left out: see the README's PII section.
+``phonenumbers`` (libphonenumber's metadata) checks these candidates against regions' numbering
+plans only when a detector is built with ``phone_regions`` (:mod:`.phone_regions`, the
+``[phones]`` extra): on mixed data it costs more recall than it gains precision (README).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ _CANDIDATE = re.compile(
     r"(?P<ext>[ \u00a0]?(?:x|ext\.?|extension|#)[ \u00a0]?\d{1,6}(?!\w))?"
 )
 _GLUED_AFTER = re.compile(r"\w|[.,/-]\w")
+# What a phone line is, glued on with a dash ("212-555-0172-Fax"): the phone is before it.
+_LINE_LABEL = re.compile(
+    r"-(?:fax|tel|phone|home|work|office|mobile|cell|main|direct)(?![^\W\d_])", re.IGNORECASE
+)
 _CURRENCY = frozenset("$€£¥₹")
 _MAX_CANDIDATE = 40
 # Groups of four (cards) and dotted quads (IPv4): never phones, rejected before any other work.
@@ -43,13 +49,18 @@ _MAX_WINDOW = 24  # the longest national number with its separators
 _CONTEXT = re.compile(
     r"(?:phone|tel\b|tel[eé]|t[eé]l\.|tlf|tf\.|\bcall|\bmobile?|\bcell|\bfax|\bdial|whats\s?app"
     r"|\bsms\b|\bm[oó]vil|\bllam|\bportable|\bhandy|\bruf|\bappel|numbers|n[uúùü]meros"
-    r"|num[eé]ros|numeri|nummern|contact|reach)",
+    r"|num[eé]ros|numeri|nummern|contact|reach"
+    # "my number is ...": a number someone owns is a phone; "account number", "order number"
+    # are not, so "number" alone only counts after a possessive.
+    r"|\b(?:my|your|his|her|our|their)\s+(?:(?:home|work|new|private)\s+)?number\b)",
     re.IGNORECASE,
 )
 _CONTEXT_WINDOW = 40
 
+# A date is not followed by more groups: "01.42.68.53.00" is a French phone.
 _DATE = re.compile(
-    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d)"
+    r"(?:19|20)\d\d[./-]\d\d?[./-]\d\d?(?!\d)"
+    r"|\d\d?[./-]\d\d?[./-](?:19|20)?\d\d(?!\d|[./-]\d)"
 )
 _YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
 _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
@@ -61,6 +72,8 @@ _NOT_A_PHONE = re.compile(
     rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
     rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
 )
+_IPV4_LED = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?![.\d])")
+_SSN_LED = re.compile(r"\d{3}-\d\d-\d{4}(?!\d)")
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
 
 _CC_ONE = frozenset("17")
@@ -115,31 +128,75 @@ def _context_before(text: str, start: int) -> bool:
     return _CONTEXT.search(window, cut + 1) is not None
 
 
+# Labels of numbers that are not phones ("ZIP 12345-67890", "SKU 2031-884-1120"), unless a
+# phone word comes after them.
+_NOT_PHONE_LABEL = re.compile(
+    r"\b(?:zip|postal|post\s?code|isbn|sku|serial|tracking|invoice|order\s?(?:no|number|id|#)"
+    r"|ref(?:erence)?(?:\s?(?:no|number|#))?)\b",
+    re.IGNORECASE,
+)
+_LABEL_WINDOW = 24
+_NANP_EXAMPLE = re.compile(r"\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
+
+
+def _not_phone_label(text: str, start: int) -> bool:
+    window = text[max(0, start - _LABEL_WINDOW) : start]
+    labels = _NOT_PHONE_LABEL.findall(window)
+    if not labels:
+        return False
+    after = window.rfind(labels[-1]) + len(labels[-1])
+    return _CONTEXT.search(window, after) is None
+
+
+def _lead_plausible(value: str, digits: str, groups: list[str]) -> bool:
+    """What the first digits say about a national number (no international prefix).
+
+    Only grouped numbers without a trunk ``0`` whose first group has 3 digits (an area code
+    of the NANP, Mexican, Indian kind) are judged: then 10 digits do not start with ``1``,
+    except written as the well-known ``123-456-7890`` example, and 11 or more digits are not
+    the area code and one block (``656 31243121``) unless the first group is a calling code.
+    Bare runs (``1112345678``, Buenos Aires) and 2- or 4-digit area codes (``11 4321-8765``,
+    ``3541 15 52-3456``) are left alone.
+    """
+    n = len(digits)
+    lead = digits[0]
+    if len(groups) < 2 or n < 10 or lead == "0" or (n > 10 and lead == "1"):
+        return True
+    if len(groups[0]) != 3:
+        return True
+    if n == 10:
+        return lead != "1" or _NANP_EXAMPLE.fullmatch(value) is not None
+    # A 3-digit area code is followed by 7 digits: one block of 8 or more is something else.
+    return len(groups) > 2 or groups[0] == calling_code(digits)
+
+
 def _national_valid(value: str, digits: str, text: str, start: int) -> bool:
     n = len(digits)
     if not 7 <= n <= 12:
         return False
-    grouped = digits != value
-    if not grouped and digits.startswith("123456789"):
-        return False  # a placeholder ("123456789", "1234567890"), not a number to protect
-    if not grouped:
+    if digits == value:
+        if digits.startswith("123456789"):
+            return False  # a placeholder ("123456789", "1234567890"), not a number to protect
         return n <= 11 and _context_before(text, start)
+    groups = _DIGIT_GROUPS.findall(value)
+    if not _lead_plausible(value, digits, groups):
+        return False
     if _NOT_A_PHONE.match(value) or (
         _THOUSANDS.fullmatch(value) and not _context_before(text, start)
     ):
         return False
-    groups = _DIGIT_GROUPS.findall(value)
-    if any(len(g) == 1 for g in groups[1:]):
+    if 1 in map(len, groups[1:]):
         return False  # "1 2 3 4 5", ISBNs: counting, not dialling
     if len(groups) >= 4 and all(
         int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
     ):
         return False  # "10 11 12 13 14": counting
-    if len(groups) >= 3 and all(len(g) == 4 for g in groups):
-        return False  # part of a card number
-    dotted = value.split(".")
-    if len(dotted) == 4 and all(1 <= len(g) <= 3 and g.isdigit() for g in dotted):
-        return False  # an IPv4 address, valid or not
+    if len(groups) >= 3 and all(len(g) == 4 for g in groups[:-1]) and len(groups[-1]) != 3:
+        return False  # part of a card number, or one cut short ("1234 5678 90")
+    if _not_phone_label(text, start):
+        return False
+    if value.count(".") >= 3 and _IPV4_LED.match(value):
+        return False  # an IPv4 address, valid or not, alone or first ("0.1.2.3 (212) 555")
     if n <= 8:
         return _LOCAL_7.fullmatch(value) is not None or _context_before(text, start)
     return True
@@ -150,6 +207,8 @@ def _intl_digits(value: str) -> str | None:
     head = value.lstrip("(")
     if head.startswith("+"):
         return _NON_DIGITS.sub("", value.replace("(0)", ""))
+    if _SSN_LED.match(value):
+        return None  # "007-01-0001 (212) 555-0172": an SSN, not "00" and a calling code
     if value.startswith("011") or (value.startswith("00") and value[2:].lstrip(" ")[:1] > "0"):
         skip = 3 if value[1] == "1" else 2
         # The first group holds the prefix and, when glued to it, a whole calling code
@@ -215,7 +274,7 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
         ext = m.start("ext")
         if ext != -1:
             value = value[: ext - start]
-        elif _GLUED_AFTER.match(text, end):
+        elif _GLUED_AFTER.match(text, end) and not _LINE_LABEL.match(text, end):
             # "2024-05-01T12:30" or "555-123-4567-A": the last chunk is no phone; what is
             # before its whitespace may be one.
             cut = max(value.rfind(" "), value.rfind("\u00a0"))
@@ -250,6 +309,11 @@ def _is_group4(value: str, span: tuple[int, int]) -> bool:
     return span[1] - span[0] == 4 and value[span[0] : span[1]].isdigit()
 
 
+def _is_area_group(value: str, span: tuple[int, int]) -> bool:
+    group = value[span[0] : span[1]].strip("()")
+    return len(group) <= 4 and group.isdigit()
+
+
 _CHUNK = re.compile(r"[^ \u00a0]+")
 
 
@@ -265,6 +329,9 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
         if i and _is_group4(value, chunks[i - 1]) and _is_group4(value, chunks[i]):
             i += 1  # inside a run of 4-digit groups (a card, not a phone)
             continue
+        # After a short group of digits, a 7-8 digit window is the rest of a number that was
+        # rejected whole ("111 3124312"), not a local number of its own.
+        short_tail = i and _is_area_group(value, chunks[i - 1])
         last = i
         while last + 1 < len(chunks) and chunks[last + 1][1] - first <= _MAX_WINDOW:
             last += 1
@@ -274,6 +341,7 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
             window = value[first : chunks[j][1]]
             if (
                 not 7 <= before[j + 1] - before[i] <= 15
+                or (short_tail and before[j + 1] - before[i] <= 8)
                 or window[0] in "./-"
                 or window[-1] in "./-("
             ):

@@ -1,0 +1,157 @@
+"""Fast paths must find what the plain paths find. Long texts: finders of values with digits
+run only around the digits, secret prefixes are looked for only around their '-' / '_'.
+Short texts: one search for every context hint; e-mails gated on their '@'.
+
+Every value here is written for this test (fictional numbers, documentation ranges).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llm_middleware.pii import PIIDetector
+from llm_middleware.pii import detectors as det
+
+PIECES = [
+    "call (415) 555-0132 today",
+    "SSN 078-05-1120 on file",
+    "Tel. 020 7946 0958",
+    "national insurance number on the form is QQ123456C",
+    "born on 17/06/1976 in Leeds",
+    "1985-01-01 is my birthday",
+    "passport X1234567 expires",
+    "card 4111 1111 1111 1111 exp 09/27",
+    "IBAN DE89 3704 0044 0532 0130 00",
+    "server 10.1.2.3 and fe80::1 are down",
+    "key sk-abcdefghijklmnopqrstuv1234 leaked",
+    "ghp_" + "a1B2" * 9 + " was pushed",
+    "token glpat-abcdefghij0123456789 here",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----",
+    "mail jane.doe@example.com now",
+    "order 12345 shipped",  # no PII
+]
+
+
+def findings(detector: PIIDetector, text: str) -> list[tuple[str, int, int, str]]:
+    return [(f.entity_type, f.start, f.end, f.text) for f in detector.detect(text)]
+
+
+def whole_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(det, "_LONG_TEXT", 10**9)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_long_texts_find_what_a_whole_scan_finds(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(seed)
+    parts = []
+    for _ in range(rng.randint(4, 12)):
+        # Fillers shorter and longer than the margins around digits (windows merge or not).
+        filler = rng.choice("abcxyz ") * rng.choice((3, 40, 130, 200, 700))
+        parts.append(f"{filler} {rng.choice(PIECES)} ")
+    text = "".join(parts) + "z" * 2100
+    assert len(text) > det._LONG_TEXT
+    detector = PIIDetector()
+    windowed = findings(detector, text)
+    whole_text(monkeypatch)
+    whole = findings(detector, text)
+    assert windowed == whole
+    assert windowed  # the pieces hold PII
+
+
+def test_each_piece_is_found_in_a_long_text() -> None:
+    short = PIIDetector()
+    for piece in PIECES:
+        expected = findings(short, piece)
+        pad = "A" * 3000
+        got = findings(short, pad + " " + piece + " " + pad)
+        shift = len(pad) + 1
+        assert [(t, s - shift, e - shift, v) for t, s, e, v in got] == expected, piece
+
+
+def test_digit_windows() -> None:
+    text = "a" * 3000 + "12" + "b" * 100 + "3" + "c" * 3000 + "4" + "d" * 10
+    windows = det._digit_windows(text)
+    assert windows is not None
+    # 12 and 3 are close: one window; 4 another, cut at the end of the text.
+    assert windows == [(3000 - 128, 3102 + 1 + 64), (6103 - 128, len(text))]
+    # A digit near the start: the window starts at the text start.
+    assert det._digit_windows("7" + "x" * 3000) == [(0, 65)]
+    assert all(text[a:b].strip("abcd") for a, b in windows)
+
+
+def test_dense_digits_are_scanned_whole() -> None:
+    text = ("1234 " * 20 + "x" * 100) * 30  # a digit in every 10 characters
+    assert det._digit_windows(text) is None
+
+
+def test_around_keeps_every_prefix_next_to_its_mark() -> None:
+    text = "A" * 5000 + " sk-abc " + "B" * 5000 + "xoxb-1 " + "C" * 200
+    near = det._around(text, "-")
+    assert len(near) < 100
+    assert "sk-" in near and "xoxb-" in near and "gl" not in near
+    # Short texts and texts full of the mark are searched as they are.
+    assert det._around("sk-x", "-") == "sk-x"
+    dashed = "a-" * 3000
+    assert det._around(dashed, "-") is dashed
+
+
+def test_a_custom_digit_detector_still_sees_the_whole_long_text() -> None:
+    # ``digits`` alone skips texts without digits but does not cut long texts.
+    seen: list[int] = []
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        seen.append(len(text))
+        at = text.find("REF")
+        return [(at, at + 3)] if at != -1 else []
+
+    custom = det.make_detector("REFERENCE", spans)
+    custom = det.Detector(custom.entity_types, custom.find, digits=True)
+    text = "REF " + "x" * 5000 + " 7"
+    found = PIIDetector(["REFERENCE"], extra=[custom]).detect(text)
+    assert [(f.entity_type, f.start) for f in found] == [("REFERENCE", 0)]
+    assert seen == [len(text)]
+
+
+SHORT_CONTEXT_TEXTS = [
+    "DOB: 1990-01-01",
+    "D.O.B. 02.12.1979",
+    "geboren am 17.06.1976",
+    "née le 3/4/1980",
+    "Passport no. K4821937",
+    "pasaporte X1234567",
+    "DL D1234-5678 ok",
+    "Driving Licence 4821 5530",
+    "handled 1990-01-01 in 3 days",  # hint-like letters ("dl"), no context word
+    "call 555-0132 at 10",  # digits, no hint
+]
+
+
+@pytest.mark.parametrize("text", SHORT_CONTEXT_TEXTS)
+def test_short_text_hint_search_agrees_with_the_substring_tests(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_middleware.pii import context
+
+    one_search = context.find_in_context(text)
+    monkeypatch.setattr(context, "_SHORT_TEXT", -1)
+    assert context.find_in_context(text) == one_search
+
+
+def test_short_context_texts_find_their_values() -> None:
+    from llm_middleware.pii import context
+
+    kinds = [[k for k, _, _ in context.find_in_context(t)] for t in SHORT_CONTEXT_TEXTS]
+    assert kinds[:8] == [["DATE_OF_BIRTH"]] * 4 + [["PASSPORT"]] * 2 + [["US_DRIVER_LICENSE"]] * 2
+    assert kinds[8:] == [[], []]
+
+
+def test_ascii_and_fullwidth_at_signs_in_one_text() -> None:
+    found = PIIDetector().detect("ana＠example.org or jane@example.com")
+    assert [(f.entity_type, f.text) for f in found] == [
+        ("EMAIL_ADDRESS", "ana＠example.org"),
+        ("EMAIL_ADDRESS", "jane@example.com"),
+    ]
