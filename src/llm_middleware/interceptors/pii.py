@@ -204,7 +204,12 @@ class PIIInterceptor:
     def __init__(self, config: PIIMasking, name: str) -> None:
         self.config = config
         self.name = name
-        self.detector = PIIDetector(config.entities)
+        ner = None
+        if config.ner:
+            from ..pii.ner import DEFAULT_MODEL, shared_spacy_ner
+
+            ner = shared_spacy_ner(DEFAULT_MODEL if config.ner is True else config.ner)
+        self.detector = PIIDetector(config.entities, ner=ner, phone_regions=config.phone_regions)
         self.strategy = config.strategy
         salt = ""
         if config.salt_env:

