@@ -162,7 +162,7 @@ class Prompt(_Model):
     system: str
     user: str = "{input}"
     # Few-shot examples, sent as earlier user/assistant turns: {"input": "...", "output": {...}}.
-    # Change the version when you change them (the version is part of the cache key).
+    # The cache key covers the whole prompt (text, examples, schema), not only the version.
     examples: list[PromptExample] = Field(default_factory=list)
 
 
