@@ -70,7 +70,9 @@ PROMPT_BEFORE = Prompt(
 )
 
 
-def config(url: str, schema: type[BaseModel], prompt: dict[str, Any] | None) -> dict[str, Any]:
+def config(
+    url: str, schema: type[BaseModel], prompt: dict[str, Any] | None, answer_synonyms: bool
+) -> dict[str, Any]:
     # Synonyms count as right answers in every column ("trainers" for shoes); they and the
     # cues change answers only where grounding is on.
     intent: dict[str, Any] = {
@@ -80,6 +82,8 @@ def config(url: str, schema: type[BaseModel], prompt: dict[str, Any] | None) -> 
         "synonyms": SEARCH_SYNONYMS,
         "cues": {"max_price": PRICE_CUES},
     }
+    if answer_synonyms:  # grounded by construction: the answers are words to map back
+        intent.update(grounded=True, answer_synonyms=True)
     if prompt is not None:
         intent["prompt"] = prompt
     return {
@@ -91,12 +95,15 @@ def config(url: str, schema: type[BaseModel], prompt: dict[str, Any] | None) -> 
 
 
 STEPS = {
-    # label: (schema, prompt)
-    "before": (SearchIntentBefore, PROMPT_BEFORE.model_dump()),
-    "default prompt": (SearchIntentFree, None),
-    "few-shot": (SearchIntentFree, SEARCH_PROMPT),
-    "enums": (SearchIntent, SEARCH_PROMPT),
-    "extractive": (SearchIntentFree, SEARCH_PROMPT_COPY),
+    # label: (schema, prompt, answer_synonyms)
+    "before": (SearchIntentBefore, PROMPT_BEFORE.model_dump(), False),
+    "default prompt": (SearchIntentFree, None, False),
+    "few-shot": (SearchIntentFree, SEARCH_PROMPT, False),
+    "enums": (SearchIntent, SEARCH_PROMPT, False),
+    "extractive": (SearchIntentFree, SEARCH_PROMPT_COPY, False),
+    # Enums widened by the declared synonyms (grammar-constrained), grounded to canonical.
+    "synonym answers": (SearchIntent, SEARCH_PROMPT, True),
+    "synonym answers, copy prompt": (SearchIntent, SEARCH_PROMPT_COPY, True),
 }
 GROUNDED_AFTER = ("enums", "extractive")
 
@@ -124,14 +131,15 @@ def main() -> None:
         for label in steps:
             if label == "grounding":
                 continue
-            schema, prompt = STEPS[label]
-            variants = [Variant(label=label, grounded=False)]
+            schema, prompt, synonym_answers = STEPS[label]
+            # Synonym answers are grounded by construction; every other step is measured raw.
+            variants = [Variant(label=label, grounded=None if synonym_answers else False)]
             if label in GROUNDED_AFTER and "grounding" in steps:
                 variants.append(
                     Variant(label=f"{label} + grounding", grounded=True, derived_from=label)
                 )
             reports += asyncio.run(
-                evaluate_async(cases, config(url, schema, prompt), "/search",
+                evaluate_async(cases, config(url, schema, prompt, synonym_answers), "/search",
                                variants=variants, progress=ProgressBar())
             )  # fmt: skip
     print(f"## Intent quality, SmolLM2-135M, {len(cases)} cases ({DATA.name})\n")

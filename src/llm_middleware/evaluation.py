@@ -366,6 +366,10 @@ def _variant_config(
         icpt["prompt"] = variant.prompt.model_dump()
     if variant.grounded is not None:
         icpt["grounded"] = variant.grounded
+        if not variant.grounded:
+            # Synonym answers exist only for grounding to map back: ungrounded, the model
+            # answers in the view's own schema.
+            icpt["answer_synonyms"] = False
     if variant.providers is not None:
         data["providers"] = variant.providers
     return load_config(data)
