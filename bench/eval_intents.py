@@ -5,6 +5,7 @@ extractive prompt, synonym answers (enums widened by the declared synonyms, grou
 three prompts; "synonym answers words" is the demo's rule.
 
     python bench/eval_intents.py [--limit N] [--json out.json] [--steps before,enums,...]
+                                 [--data examples/eval/search_intents_holdout.jsonl]
 
 Every column but "+ grounding" calls the model for every case; "X + grounding" applies the
 demo's grounding (synonyms, price cues) to the answers of column X (same answers, no new calls).
@@ -122,8 +123,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N cases only")
     parser.add_argument("--steps", default=",".join([*STEPS, "grounding"]))
     parser.add_argument("--json", help="also write the JSON report here")
+    parser.add_argument("--data", type=Path, default=DATA, help="labelled cases (JSONL)")
     args = parser.parse_args()
-    cases = load_cases(DATA)[: args.limit]
+    cases = load_cases(args.data)[: args.limit]
     steps = args.steps.split(",")
     unknown = [s for s in steps if s not in STEPS and s != "grounding"]
     if unknown:
@@ -154,7 +156,7 @@ def main() -> None:
                 evaluate_async(cases, config(url, schema, prompt, synonym_answers), "/search",
                                variants=variants, progress=ProgressBar())
             )  # fmt: skip
-    print(f"## Intent quality, SmolLM2-135M, {len(cases)} cases ({DATA.name})\n")
+    print(f"## Intent quality, SmolLM2-135M, {len(cases)} cases ({args.data.name})\n")
     print(to_markdown(reports))
     if args.json:
         Path(args.json).write_text(to_json(reports))
