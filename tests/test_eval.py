@@ -98,6 +98,43 @@ def test_grounding_both_ways_from_one_run_and_side_by_side(fault_server: FaultSe
     assert "max_price precision" in table and "exact match [synonym]" in table
 
 
+def test_grounded_column_of_a_synonym_answer_rule_is_run_not_derived(
+    fault_server: FaultServer,
+) -> None:
+    """With answer_synonyms the grounded answers come from another answer schema (synonyms
+    allowed) than the raw run's (the view's choices): re-scoring the raw answers would not be
+    what the rule does, so that column makes its own calls."""
+    from llm_middleware.demo import SEARCH_SYNONYMS, SearchIntent
+
+    fault_server.default = reply({"category": "trainer", "color": "black"})
+    rule = {
+        "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m",
+                       "max_retries": 0}],
+        "rules": [{"path": "/search", "budget_ms": 2000, "interceptors": [
+            {"type": "intent", "schema": SearchIntent, "synonyms": SEARCH_SYNONYMS,
+             "grounded": True, "answer_synonyms": True}]}],
+    }  # fmt: skip
+    raw, grounded = evaluate(
+        [CASES[1]],
+        rule,
+        "/search",
+        variants=[
+            Variant("raw", grounded=False),
+            Variant("grounded", grounded=True, derived_from="raw"),
+        ],
+    )
+    # The last call is the grounded column's own, offering the synonyms to answer from.
+    offered = fault_server.requests[-1].json["response_format"]["json_schema"]["schema"]
+    assert "trainer" in offered["properties"]["category"]["anyOf"][0]["enum"]
+    first = fault_server.requests[0].json["response_format"]["json_schema"]["schema"]
+    assert "trainer" not in first["properties"]["category"]["anyOf"][0]["enum"]
+    # Raw: the view's own schema, where "trainer" is not a category.
+    assert raw.results[0].outcome == "invalid"
+    assert grounded.results[0].outcome == "ok"
+    assert grounded.results[0].predicted == {"category": "shoes", "color": "black",
+                                             "max_price": None}  # fmt: skip
+
+
 def test_gates_name_what_failed() -> None:
     [report] = _static_report()
     assert check_gates([report], min_field_precision=0.5) == []
