@@ -491,4 +491,3 @@ def test_breaker_counts_only_failures_with_no_success_meanwhile() -> None:
     breaker.failure(later)
     breaker.failure(later)
     assert breaker.state == "open"
-
