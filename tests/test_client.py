@@ -192,6 +192,54 @@ async def test_cache_returns_copies_and_respects_prompt_version(fault_server: Fa
     assert len(fault_server.requests) == 2
 
 
+async def test_cache_key_covers_the_whole_prompt_and_schema(fault_server: FaultServer) -> None:
+    """Editing the examples, the system text or the schema misses the cache even when the
+    prompt's name and version stay the same; an equal prompt built anew hits it."""
+    from pydantic import BaseModel, Field
+
+    from llm_middleware.config import Prompt, PromptExample
+
+    def example(color: str) -> PromptExample:
+        return PromptExample(input="red hat", output={"color": color})
+
+    fault_server.default = reply(GOOD)
+    base = Prompt(name="p", version="1", system="Extract.", examples=[])
+    same = Prompt(name="p", version="1", system="Extract.", examples=[])
+    variants = [
+        base.model_copy(update={"system": "Extract, carefully."}),
+        base.model_copy(update={"examples": [example("red")]}),
+        base.model_copy(update={"examples": [example("blue")]}),  # one example's answer edited
+        base.model_copy(update={"user": "Text: {input}"}),
+    ]
+
+    class Wider(BaseModel):  # one more field, under the same qualified name
+        category: str | None = None
+        color: str | None = None
+        max_price: float | None = Field(default=None, ge=0)
+        size: int | None = None
+
+    Wider.__module__, Wider.__qualname__ = SearchIntent.__module__, SearchIntent.__qualname__
+
+    client = LLMClient(config(fault_server.url))
+    try:
+
+        async def ask(prompt: Prompt, schema: type[BaseModel] = SearchIntent) -> bool:
+            _, cached = await client.structured(
+                schema, prompt, "red shoes", Deadline(0.5), CallStats()
+            )
+            return cached
+
+        assert await ask(base) is False
+        assert await ask(same) is True  # another object, same content: the same entry
+        misses = [await ask(p) for p in variants]
+        assert await ask(base, Wider) is False  # the schema changed, not its name
+        assert await ask(variants[1]) is True  # each variant was cached under its own key
+    finally:
+        await client.aclose()
+    assert misses == [False] * len(variants)
+    assert len(fault_server.requests) == 1 + len(variants) + 1
+
+
 async def test_in_flight_cap_sheds_at_once(fault_server: FaultServer) -> None:
     fault_server.default = hang_before_headers()
     client = LLMClient(config(fault_server.url, max_in_flight=2))

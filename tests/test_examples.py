@@ -480,6 +480,42 @@ def test_demo_search_uses_a_grounded_intent(
     assert data["results"] and {r["category"] for r in data["results"]} == {"shoes"}
 
 
+def test_demo_search_maps_the_shoppers_word_to_the_category(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model answers with the shopper's own word (answer_synonyms); the view and the
+    # legacy filters get the category, and the model was offered the words as a closed list.
+    fault_server.default = reply({"category": "beanie", "color": "grey", "max_price": None})
+    with serve_demo(fault_server, monkeypatch) as base:
+        data = httpx.get(base + "/search", params={"q": "a grey beanie"}, timeout=10).json()
+        wrong = httpx.get(base + "/search", params={"q": "a grey coat"}, timeout=10).json()
+    assert data["intent"] == {"category": "hats", "color": "grey", "max_price": None}
+    assert data["filters"]["category"] == "hats"
+    assert [r["name"] for r in data["results"]] == ["Wool Beanie"]
+    # A word the text does not contain is dropped, never mapped.
+    assert wrong["intent"] == {"category": None, "color": "grey", "max_price": None}
+    assert wrong["reasons"]["intent"] == "ungrounded:category=not_in_input"
+    schema = fault_server.requests[0].json["response_format"]["schema"]
+    [words] = [s["enum"] for s in schema["properties"]["category"]["anyOf"] if "enum" in s]
+    assert {"shoes", "beanie", "trainer", "coat"} <= set(words)
+
+
+def test_demo_prompt_examples_are_answers_the_rule_accepts() -> None:
+    """Every few-shot answer of the demo's prompt is one the model may give (the answer schema
+    with synonyms) and survives grounding on its own input, so the examples teach nothing the
+    grammar or grounding would refuse."""
+    from llm_middleware.demo import SEARCH_PROMPT_WORDS, SEARCH_SYNONYMS, SearchIntent
+    from llm_middleware.grounding import Grounder, answer_schema
+
+    wide = answer_schema(SearchIntent, SEARCH_SYNONYMS)
+    grounder = Grounder(SearchIntent, None, SEARCH_SYNONYMS)
+    for example in SEARCH_PROMPT_WORDS["examples"]:
+        answer = wide.model_validate(example["output"])
+        result = grounder.ground(answer, example["input"])
+        assert not result.dropped, (example, result.dropped)
+        SearchIntent.model_validate(result.obj.model_dump())
+
+
 def test_demo_catalogue_has_six_categories_with_colours_and_prices() -> None:
     from llm_middleware.demo import CATALOG
 

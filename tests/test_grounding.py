@@ -194,3 +194,105 @@ def test_price_cues_tell_a_price_from_other_numbers(text: str, price: float, kep
     assert (result.obj.max_price == price) is kept
     if not kept:
         assert result.dropped == {"max_price": "number_without_cue"}
+
+
+def test_answer_schema_widens_only_choice_fields_with_synonyms() -> None:
+    from llm_middleware.grounding import answer_schema
+
+    wide = answer_schema(Intent, SYNONYMS)
+    props = wide.model_json_schema()["properties"]
+    [category] = [s for s in props["category"]["anyOf"] if "enum" in s]
+    assert category["enum"][:3] == ["shoes", "hats", "jackets"]  # canonical values first
+    assert {"trainers", "sneaker", "zapato", "beanie"} <= set(category["enum"])
+    [color] = [s for s in props["color"]["anyOf"] if "enum" in s]
+    assert set(color["enum"]) == {"red", "black", "rouge", "rojo"}
+    # Still a closed list; other fields as they were.
+    with pytest.raises(ValueError):
+        wide.model_validate({"category": "boots"})
+    assert wide.model_fields["brand"].annotation == Intent.model_fields["brand"].annotation
+    assert wide.__name__ == "Intent"
+    # Nothing to widen: the schema itself.
+    assert answer_schema(Intent, {}) is Intent
+    assert answer_schema(Intent, {"brand": {"acme": ["acme inc"]}}) is Intent
+
+
+def test_answer_synonyms_needs_grounding_on_those_fields() -> None:
+    from llm_middleware import ConfigError
+
+    def rule(**intent: Any) -> Any:
+        return load_config(
+            providers=[{"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}],
+            rules=[{"path": "/s", "interceptors": [
+                {"type": "intent", "schema": Intent, "answer_synonyms": True, **intent}]}],
+        )  # fmt: skip
+
+    for bad in [{"synonyms": SYNONYMS}, {"synonyms": SYNONYMS, "grounded": ["category"]},
+                {"grounded": True}]:  # fmt: skip
+        with pytest.raises(ConfigError, match="answer_synonyms"):
+            rule(**bad)
+    rule(synonyms=SYNONYMS, grounded=["category", "color"])
+
+
+@pytest.mark.parametrize(
+    ("answer", "text", "intent", "reason"),
+    [
+        # The model copied the shopper's words; the view gets the canonical values.
+        ({"category": "trainers"}, "trainers en rojo", {"category": "shoes", "color": None},
+         None),
+        # A canonical answer still needs support in the input.
+        ({"category": "shoes", "color": "red"}, "beanie", {"category": None, "color": None},
+         "ungrounded:category=not_in_input,color=not_in_input"),
+        # A synonym the input does not contain is dropped, like any other value.
+        ({"category": "beanie"}, "black trainers", {"category": None, "color": None},
+         "ungrounded:category=not_in_input"),
+        ({"category": "sneaker"}, "anything but sneakers", {"category": None, "color": None},
+         "ungrounded:category=negated"),
+    ],
+)  # fmt: skip
+def test_synonym_answers_reach_the_view_as_canonical_values(
+    fault_server: FaultServer,
+    answer: dict[str, Any],
+    text: str,
+    intent: dict[str, Any],
+    reason: str | None,
+) -> None:
+    fault_server.default = reply(answer)
+    app = _app(fault_server.url, grounded=True, answer_synonyms=True)
+    with serve_asgi_thread(app) as base:
+        data = httpx.get(base + "/search", params={"q": text}, timeout=10).json()
+    assert data["outcomes"] == {"intent": "ok"}
+    assert data["intent"] == {**intent, "brand": None, "max_price": None}
+    assert data["reasons"].get("intent") == reason
+    # The provider was offered the synonyms as the closed list to answer from.
+    sent = fault_server.requests[-1].json["response_format"]["json_schema"]["schema"]
+    [enum_] = [s["enum"] for s in sent["properties"]["category"]["anyOf"] if "enum" in s]
+    assert "trainers" in enum_ and "shoes" in enum_
+
+
+def test_without_answer_synonyms_a_synonym_answer_is_invalid(fault_server: FaultServer) -> None:
+    fault_server.default = reply({"category": "trainers"})
+    with serve_asgi_thread(_app(fault_server.url, grounded=True)) as base:
+        data = httpx.get(base + "/search", params={"q": "black trainers"}, timeout=10).json()
+    assert data["outcomes"] == {"intent": "invalid"}
+    assert data["intent"] is None
+
+
+def test_synonym_answers_for_an_enum_field_through_the_engine(fault_server: FaultServer) -> None:
+    from llm_middleware.evaluation import Case, evaluate
+
+    fault_server.default = reply({"category": "zapato", "color": "rojo"})
+    config = {
+        "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "m"}],
+        "rules": [{"path": "/search", "interceptors": [
+            {"type": "intent", "schema": Intent, "synonyms": SYNONYMS, "grounded": True,
+             "answer_synonyms": True}]}],
+    }  # fmt: skip
+    cases = [Case("es", "zapatos rojos", {"category": "shoes", "color": "red"}),
+             Case("fr", "chapeau rouge", {"color": "red"})]  # fmt: skip
+    [report] = evaluate(cases, config, "/search")
+    es, fr = report.results
+    assert es.outcome == "ok" and es.predicted["category"] == "shoes"
+    assert es.predicted["color"] == "red" and not es.wrong
+    # No shoe in the French text: dropped. "rojo" means red and "rouge" says it: kept.
+    assert fr.predicted == {"category": None, "color": "red", "brand": None, "max_price": None}
+    assert fr.reason == "ungrounded:category=not_in_input" and fr.wrong == []

@@ -162,7 +162,7 @@ class Prompt(_Model):
     system: str
     user: str = "{input}"
     # Few-shot examples, sent as earlier user/assistant turns: {"input": "...", "output": {...}}.
-    # Change the version when you change them (the version is part of the cache key).
+    # The cache key covers the whole prompt (text, examples, schema), not only the version.
     examples: list[PromptExample] = Field(default_factory=list)
 
 
@@ -183,6 +183,11 @@ class IntentExtraction(_Model):
     synonyms: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     # Number fields: words or symbols one of which must stand next to the number ("under", "$").
     cues: dict[str, list[str]] = Field(default_factory=dict)
+    # Literal/Enum fields with synonyms: the model may answer any declared synonym (still a
+    # closed list for a provider that constrains output by the JSON schema), grounding maps it
+    # to the canonical value. Small models copy words better than they classify. Needs
+    # grounding on those fields.
+    answer_synonyms: bool = False
     # Shadow mode: log what the LLM produced next to what the request carried, for this share
     # of shadowed requests (0 = off), to structlog or a JSONL file (masked values only).
     compare: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -201,6 +206,12 @@ class IntentExtraction(_Model):
             if name not in fields:
                 schema = self.schema_.__name__
                 raise ValueError(f"grounded/synonyms/cues: no field {name!r} in {schema}")
+        if self.answer_synonyms:
+            checked = set(fields) if self.grounded is True else set(names)
+            if not self.synonyms or not set(self.synonyms) <= checked:
+                raise ValueError(
+                    "answer_synonyms: declare synonyms and ground every field that has them"
+                )
         for name, target in self.rewrite.items():
             if name not in fields:
                 raise ValueError(f"rewrite: {self.schema_.__name__} has no field {name!r}")

@@ -104,7 +104,8 @@ class Variant:
     prompt: Prompt | Literal["default"] | None = None
     providers: list[dict[str, Any]] | None = None
     grounded: bool | None = None
-    # Derived: score the base variant's answers again with grounding applied (no new calls).
+    # Derived: score the base variant's answers again with grounding applied (no new calls;
+    # on a rule with answer_synonyms the variant is run for real instead).
     derived_from: str | None = None
 
 
@@ -366,6 +367,10 @@ def _variant_config(
         icpt["prompt"] = variant.prompt.model_dump()
     if variant.grounded is not None:
         icpt["grounded"] = variant.grounded
+        if not variant.grounded:
+            # Synonym answers exist only for grounding to map back: ungrounded, the model
+            # answers in the view's own schema.
+            icpt["answer_synonyms"] = False
     if variant.providers is not None:
         data["providers"] = variant.providers
     return load_config(data)
@@ -474,7 +479,9 @@ async def evaluate_async(
         fields = list(icpt.schema_.model_fields)
         synonyms_grounder = Grounder(icpt.schema_, [], icpt.synonyms)
         matcher = Matcher(synonyms_grounder, tolerance)
-        if variant.derived_from is not None:
+        # A rule whose model answers with synonyms gets its grounded answers from another
+        # answer schema than the ungrounded run's: those are measured with their own calls.
+        if variant.derived_from is not None and not icpt.answer_synonyms:
             fields_grounder = Grounder(
                 icpt.schema_,
                 icpt.grounded if isinstance(icpt.grounded, list) else None,

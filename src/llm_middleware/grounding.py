@@ -28,9 +28,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
-__all__ = ["Grounder", "GroundingResult", "normalise", "numbers_in"]
+__all__ = ["Grounder", "GroundingResult", "answer_schema", "normalise", "numbers_in"]
 
 _NUMBER_RE = re.compile(r"(?<![\w.])\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?(?!\d)|\d+(?:[.,]\d+)?")
 _WORD_RE = re.compile(r"[^\w]+", re.UNICODE)
@@ -281,6 +281,52 @@ class Grounder:
                 return target, None
             negated |= found is False
         return value, "negated" if negated else "not_in_input"
+
+
+def _choice_values(annotation: Any) -> list[Any] | None:
+    """The values of a ``Literal``/``Enum`` annotation (inside ``Optional`` too)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [m.value for m in annotation]
+    for arg in typing.get_args(annotation):
+        if arg is not type(None) and (found := _choice_values(arg)) is not None:
+            return found
+    return None
+
+
+def answer_schema(
+    schema: type[BaseModel], synonyms: Mapping[str, Mapping[str, Iterable[str]]]
+) -> type[BaseModel]:
+    """The schema the model answers in when a rule lets it answer synonyms: every
+    ``Literal``/``Enum`` field of ``schema`` with declared ``synonyms`` also accepts those words
+    (``"trainers"`` as well as ``"shoes"``), still a closed list, so a provider that turns the
+    JSON schema into a grammar keeps the model to declared words. A small model copies a word
+    of the input far more reliably than it classifies it; :class:`Grounder` then requires the
+    word in the input and maps it to its canonical value, and the answer is validated against
+    ``schema`` itself. ``schema`` unchanged when no field qualifies."""
+    fields: dict[str, Any] = {}
+    widened = False
+    for name, info in schema.model_fields.items():
+        values = _choice_values(info.annotation)
+        table = synonyms.get(name)
+        if values is None or not table or not all(isinstance(v, str) for v in values):
+            fields[name] = (info.annotation, info)
+            continue
+        words: list[str] = list(values)
+        for canonical, phrases in table.items():
+            for word in [canonical, *phrases]:
+                if word not in words:
+                    words.append(word)
+        wide: Any = typing.Literal[tuple(words)]
+        optional = type(None) in typing.get_args(info.annotation)
+        fields[name] = (wide | None if optional else wide, info)
+        widened = True
+    if not widened:
+        return schema
+    return create_model(
+        schema.__name__, __doc__=schema.__doc__, __module__=schema.__module__, **fields
+    )
 
 
 class UngroundedError(ValueError):

@@ -7,7 +7,7 @@ import json
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..config import IntentExtraction
 from ..exchange import (
@@ -17,7 +17,7 @@ from ..exchange import (
     json_pointer_set,
     read_source_value,
 )
-from ..grounding import Grounder, UngroundedError
+from ..grounding import Grounder, UngroundedError, answer_schema
 from ..llm import LLMInvalidOutput
 from ..llm.prompts import default_prompt, schema_json
 from .base import RequestContext
@@ -37,7 +37,11 @@ class IntentInterceptor:
         self.name = name
         self.schema = config.schema_
         self.prompt = config.prompt or default_prompt(self.schema, "intent")
-        schema_json(self.schema)  # built once at start-up, not on the first request
+        # The schema the model answers in: the view's own, or with declared synonyms allowed.
+        self.answer_schema = (
+            answer_schema(self.schema, config.synonyms) if config.answer_synonyms else self.schema
+        )
+        schema_json(self.answer_schema)  # built once at start-up, not on the first request
         self.grounder: Grounder | None = None
         if config.grounded:
             fields = config.grounded if isinstance(config.grounded, list) else None
@@ -60,7 +64,7 @@ class IntentInterceptor:
         if len(text) > MAX_INPUT_CHARS:
             raise SourceError("input_too_long", f"{len(text)} characters")
         obj, cached = await ctx.llm.structured(
-            self.schema, self.prompt, text, ctx.deadline, ctx.stats
+            self.answer_schema, self.prompt, text, ctx.deadline, ctx.stats
         )
         obj = ctx.restore_model(obj)
         if self.grounder is not None:
@@ -71,6 +75,13 @@ class IntentInterceptor:
             except UngroundedError as exc:
                 raise LLMInvalidOutput(str(exc), reason="ungrounded_required_field") from None
             obj = grounded.obj
+            if type(obj) is not self.schema:  # synonyms now canonical: the view's schema
+                try:
+                    obj = self.schema.model_validate(obj.model_dump(mode="python"))
+                except ValidationError:
+                    raise LLMInvalidOutput(
+                        "answer not valid for the view's schema", reason="schema_mismatch"
+                    ) from None
             if grounded.reason:
                 ctx.result.reasons[self.name] = grounded.reason
         ctx.result.intents[self.name] = obj

@@ -50,7 +50,7 @@ from .errors import (
     LLMTransportError,
     Shed,
 )
-from .prompts import render, schema_json
+from .prompts import prompt_fingerprint, render, schema_json
 from .providers import WireAnswer, WireRequest, build_request, parse_answer
 
 M = TypeVar("M", bound=BaseModel)
@@ -249,7 +249,9 @@ class LLMClient:
         Runs under any async backend. With ``keep_going_s``, a call the caller stops waiting
         for at its deadline goes on for up to that long and caches its result
         (stale-while-revalidate)."""
-        key = (self._chain_id, prompt.name, prompt.version, _qualname(schema), text)
+        # Everything that changes the prompt is in the key: text, examples, schema (not only
+        # the version a user might forget to bump).
+        key = (self._chain_id, _qualname(schema), prompt_fingerprint(prompt, schema), text)
         stats.prompt_versions.append(f"{prompt.name}@{prompt.version}")
         if self._cache is not None:
             with self._lock:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import threading
 import typing
 from functools import lru_cache
 from typing import Any
@@ -19,6 +21,36 @@ INPUT_CLOSE = "INPUT>>>"
 @lru_cache(maxsize=256)
 def schema_json(schema: type[BaseModel]) -> dict[str, object]:
     return schema.model_json_schema()
+
+
+_FINGERPRINTS: dict[tuple[int, type[BaseModel]], tuple[Prompt, str]] = {}
+_FINGERPRINTS_MAX = 256
+_FINGERPRINTS_LOCK = threading.Lock()
+
+
+def prompt_fingerprint(prompt: Prompt, schema: type[BaseModel]) -> str:
+    """A digest of everything that shapes the messages sent for ``prompt`` and ``schema``:
+    system and user text, few-shot examples, name, version and the schema's JSON schema. Part
+    of the LLM cache key, so editing any of them (not only the version) misses the cache.
+
+    Computed once per prompt object (``Prompt`` is frozen); the entry holds the prompt, so its
+    ``id`` cannot be reused while the entry lives."""
+    key = (id(prompt), schema)
+    found = _FINGERPRINTS.get(key)
+    if found is not None and found[0] is prompt:
+        return found[1]
+    blob = json.dumps(
+        [prompt.model_dump(mode="json"), schema_json(schema)],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    digest = hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    with _FINGERPRINTS_LOCK:
+        if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = (prompt, digest)
+    return digest
 
 
 def _choices(annotation: Any) -> list[str] | None:
