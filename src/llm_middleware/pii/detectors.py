@@ -195,8 +195,10 @@ _NINO_SHAPE = rf"(?P<nino>{context.NINO_AFTER_FIRST_DIGIT})"
 
 
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
+    # No shape starts right after a digit: one look-behind rejects the digits inside a run
+    # before the shapes' own look-behinds are tried.
     return re.compile(
-        r"[0-9](?:"
+        r"[0-9](?<![0-9][0-9])(?:"
         rf"{_NINO_SHAPE}|{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
