@@ -207,3 +207,44 @@ def test_number_labels_with_and_without_ascii_windows(text: str, phone: str | No
 def test_thousands_and_prefixes(text: str, phone: str | None) -> None:
     found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
     assert found == ([phone] if phone else [])
+
+
+# --------------------------------------------------------------------------- long-text gates
+
+GATED_PIECES = [
+    "Authorization: Basic dXNlcjpwYXNzd29yZA==",  # base64 of "user:password"
+    "header bearer abcDEF0123456789xyz set",
+    "key SG." + "a1B2c3D4e5F6g7H8i9J0kL" + "." + "m" * 20 + "N1" * 11 + "o" + " sent",
+    "db postgres://admin:s3cret@db.example.org/app here",
+    "mail jane.doe@example.com now",
+]
+
+
+@pytest.mark.parametrize("piece", GATED_PIECES)
+@pytest.mark.parametrize("pad", ["A" * 3000, "lorem ipsum dolor sit amet " * 120])
+def test_gated_pieces_in_long_texts(piece: str, pad: str) -> None:
+    # The pads lack the gates' single characters ("s", "r", "G", ":") or hold them all.
+    short = PIIDetector()
+    expected = findings(short, piece)
+    assert expected, piece
+    got = findings(short, pad + " " + piece + " " + pad)
+    shift = len(pad) + 1
+    assert [(t, s - shift, e - shift, v) for t, s, e, v in got] == expected
+
+
+def test_gated_prefixes_absent_from_a_long_text() -> None:
+    text = "A" * 3000 + " Basic and bearer and SG.x and http:// and @ " + "A" * 3000
+    assert PIIDetector().detect(text) == []
+
+
+def test_around_threshold() -> None:
+    # Up to one mark in 64 characters, the parts around them; more, the whole text.
+    size = 64 * 40
+    limit = size >> 6
+    at_limit = ("-" + "x" * 63) * limit
+    assert len(at_limit) == size
+    assert det._around(at_limit, "-") != at_limit
+    assert det._around(at_limit, "-").count("-") == limit
+    over = "-" + at_limit[:-1]
+    assert over.count("-") == limit + 1
+    assert det._around(over, "-") is over
