@@ -202,6 +202,12 @@ def test_number_labels_with_and_without_ascii_windows(text: str, phone: str | No
         ("call 1234 567 890", "1234 567 890"),  # a first group of 4: no thousands
         ("call 0049 30 1234567", "0049 30 1234567"),  # an international "00" prefix
         ("account 4155550132", None),  # bare digits, no phone word
+        ("call 415 555 0 132", None),  # a one-digit group: counting, not dialling
+        ("call 0415 555 0132 7", "0415 555 0132"),
+        # Groups of four: the whole run is no phone (a card's shape); a shorter window is.
+        ("call 4155 5501 32 now", "4155 5501"),
+        ("call 1234 5678 9012 345", "1234 5678"),
+        ("call 1234 567 8901", "1234 567 8901"),  # a group of four first, then not
     ],
 )
 def test_thousands_and_prefixes(text: str, phone: str | None) -> None:

@@ -223,13 +223,19 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         and not _context_before(text, start)
     ):
         return False
-    if 1 in map(len, groups[1:]):
-        return False  # "1 2 3 4 5", ISBNs: counting, not dialling
+    for group in groups[1:]:
+        if len(group) == 1:
+            return False  # "1 2 3 4 5", ISBNs: counting, not dialling
     if len(groups) >= 4 and all(
         int(b) - int(a) == 1 for a, b in zip(groups, groups[1:], strict=False)
     ):
         return False  # "10 11 12 13 14": counting
-    if len(groups) >= 3 and all(len(g) == 4 for g in groups[:-1]) and len(groups[-1]) != 3:
+    if (
+        len(groups) >= 3
+        and len(groups[0]) == 4  # the first test of all() below, without its generator
+        and all(len(g) == 4 for g in groups[:-1])
+        and len(groups[-1]) != 3
+    ):
         return False  # part of a card number, or one cut short ("1234 5678 90")
     if _not_phone_label(text, start):
         return False
