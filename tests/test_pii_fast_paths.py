@@ -8,6 +8,7 @@ Every value here is written for this test (fictional numbers, documentation rang
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -155,3 +156,101 @@ def test_ascii_and_fullwidth_at_signs_in_one_text() -> None:
         ("EMAIL_ADDRESS", "ana＠example.org"),
         ("EMAIL_ADDRESS", "jane@example.com"),
     ]
+
+
+# --------------------------------------------------------------------------- phone checks
+
+
+def test_glued_after_agrees_with_its_regex() -> None:
+    from llm_middleware.pii import phones
+
+    regex = re.compile(r"\w|[.,/-]\w")
+    chars = ["", "a", "Z", "5", "_", " ", "-", ".", ",", "/", ":", "é", "٣", "\u00a0", "x", ")"]
+    tails = [a + b for a in chars for b in chars]
+    for tail in tails:
+        text = "555-0132" + tail
+        assert phones._glued_after(text, 8) is (regex.match(text, 8) is not None), repr(tail)
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("SKU 2031-884-1120", None),  # a label: no phone
+        ("Order no. 415-555-0132", None),
+        ("ZIP 415-555-0132", None),
+        ("\u017fku 2031-884-1120", None),  # long s: the regex matches it as "sku"
+        ("R\u00e9f.: sku 2031-884-1120", None),  # non-ASCII window: the regex decides
+        ("call 415-555-0132", "415-555-0132"),
+        ("caf\u00e9 phone 415-555-0132", "415-555-0132"),  # non-ASCII window, no label
+        ("order no. 12, call 415-555-0132", "415-555-0132"),  # a phone word after the label
+    ],
+)
+def test_number_labels_with_and_without_ascii_windows(text: str, phone: str | None) -> None:
+    found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
+    assert found == ([phone] if phone else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("paid 1,234,567 in total", None),  # thousands
+        ("paid 1 234 567 euros", None),
+        ("paid 12.345.678 euros", None),
+        ("tel 1 234 567", "1 234 567"),  # the shape of thousands after a phone word: a phone
+        ("tel 12.345.678", "12.345.678"),
+        ("call 212 555 0172 now", "212 555 0172"),  # a last group of 4: no thousands
+        ("call 1234 567 890", "1234 567 890"),  # a first group of 4: no thousands
+        ("call 0049 30 1234567", "0049 30 1234567"),  # an international "00" prefix
+        ("account 4155550132", None),  # bare digits, no phone word
+        ("call 415 555 0 132", None),  # a one-digit group: counting, not dialling
+        ("call 0415 555 0132 7", "0415 555 0132"),
+        # Groups of four: the whole run is no phone (a card's shape); a shorter window is.
+        ("call 4155 5501 32 now", "4155 5501"),
+        ("call 1234 5678 9012 345", "1234 5678"),
+        ("call 1234 567 8901", "1234 567 8901"),  # a group of four first, then not
+    ],
+)
+def test_thousands_and_prefixes(text: str, phone: str | None) -> None:
+    found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
+    assert found == ([phone] if phone else [])
+
+
+# --------------------------------------------------------------------------- long-text gates
+
+GATED_PIECES = [
+    "Authorization: Basic dXNlcjpwYXNzd29yZA==",  # base64 of "user:password"
+    "header bearer abcDEF0123456789xyz set",
+    "key SG." + "a1B2c3D4e5F6g7H8i9J0kL" + "." + "m" * 20 + "N1" * 11 + "o" + " sent",
+    "db postgres://admin:s3cret@db.example.org/app here",
+    "mail jane.doe@example.com now",
+]
+
+
+@pytest.mark.parametrize("piece", GATED_PIECES)
+@pytest.mark.parametrize("pad", ["A" * 3000, "lorem ipsum dolor sit amet " * 120])
+def test_gated_pieces_in_long_texts(piece: str, pad: str) -> None:
+    # The pads lack the gates' single characters ("s", "r", "G", ":") or hold them all.
+    short = PIIDetector()
+    expected = findings(short, piece)
+    assert expected, piece
+    got = findings(short, pad + " " + piece + " " + pad)
+    shift = len(pad) + 1
+    assert [(t, s - shift, e - shift, v) for t, s, e, v in got] == expected
+
+
+def test_gated_prefixes_absent_from_a_long_text() -> None:
+    text = "A" * 3000 + " Basic and bearer and SG.x and http:// and @ " + "A" * 3000
+    assert PIIDetector().detect(text) == []
+
+
+def test_around_threshold() -> None:
+    # Up to one mark in 64 characters, the parts around them; more, the whole text.
+    size = 64 * 40
+    limit = size >> 6
+    at_limit = ("-" + "x" * 63) * limit
+    assert len(at_limit) == size
+    assert det._around(at_limit, "-") != at_limit
+    assert det._around(at_limit, "-").count("-") == limit
+    over = "-" + at_limit[:-1]
+    assert over.count("-") == limit + 1
+    assert det._around(over, "-") is over

@@ -195,8 +195,10 @@ _NINO_SHAPE = rf"(?P<nino>{context.NINO_AFTER_FIRST_DIGIT})"
 
 
 def _numeric_pattern(digit_led: Iterable[str]) -> re.Pattern[str]:
+    # No shape starts right after a digit: one look-behind rejects the digits inside a run
+    # before the shapes' own look-behinds are tried.
     return re.compile(
-        r"[0-9](?:"
+        r"[0-9](?<![0-9][0-9])(?:"
         rf"{_NINO_SHAPE}|{_IBAN_SHAPE}|(?<![\w.+-]\d)(?<![0-9:]:\d)(?:{'|'.join(digit_led)}))",
         re.ASCII,
     )
@@ -572,11 +574,15 @@ def _around(text: str, mark: str) -> str:
     text with few ``mark``, the characters around each (a substring search of several
     characters steps through the whole text, ``str.find`` of one character is a memchr)."""
     size = len(text)
-    if size <= _LONG_TEXT or text.count(mark) > size >> 6:
+    if size <= _LONG_TEXT:
         return text
-    parts = []
+    # str.find of one character is a memchr; str.count steps through every character.
+    limit = size >> 6
+    parts: list[str] = []
     i = text.find(mark)
     while i != -1:
+        if len(parts) == limit:
+            return text
         parts.append(text[max(0, i - _AROUND) : i + _AROUND + 1])
         i = text.find(mark, i + 1)
     return "\0".join(parts)
@@ -607,7 +613,9 @@ def _find_secrets(text: str) -> list[Finding]:
         if "sk_" in near or "rk_" in near:
             candidates.extend((m, 0.9) for m in _STRIPE_KEY.finditer(text))
         prefixed = prefixed or "npm_" in near or "hf_" in near or "shp" in near
-    if prefixed or ("G." in text and "SG." in text):
+    # A substring search of several characters steps through a long text; a single character
+    # is a memchr: each test below starts with one.
+    if prefixed or ("G" in text and "SG." in text):
         candidates.extend((m, 0.9) for m in _PREFIXED_TOKEN.finditer(text))
     if "z" in text and "AIza" in text:
         candidates.extend((m, 0.9) for m in _GOOGLE_KEY.finditer(text))
@@ -616,11 +624,11 @@ def _find_secrets(text: str) -> list[Finding]:
     if "J" in text and "eyJ" in text:
         candidates.extend((m, 0.9) for m in _JWT.finditer(text))
     found = [Finding("SECRET", m.start(), m.end(), m[0], score) for m, score in candidates]
-    if "asic" in text:  # "Basic", "basic": base64 of "user:password"
+    if "s" in text and "asic" in text:  # "Basic", "basic": base64 of "user:password"
         for m in _BASIC.finditer(text):
             if _basic_credentials(m[1]):
                 found.append(Finding("SECRET", m.start(1), m.end(1), m[1], 0.85))
-    if "earer" in text:  # "Bearer", "bearer"
+    if "r" in text and "earer" in text:  # "Bearer", "bearer"
         for m in _BEARER.finditer(text):
             if _token_like(m[1]):
                 found.append(Finding("SECRET", m.start(1), m.end(1), m[1], 0.85))
@@ -850,8 +858,17 @@ class PIIDetector:
             # Shared detectors (the digit scan) may report types that were not asked for.
             if any(d.entity_types - wanted for d in detectors) or ner is not None:
                 self._keep = wanted
+        # A hint's first character is looked for first in long texts: a memchr, where a
+        # search of several characters ("://") steps through the whole text.
         self._finders = tuple(
-            (d.hint, d.digits or d.near_digits, d.near_digits, d.find) for d in detectors
+            (
+                d.hint,
+                d.hint[:1] if len(d.hint) > 1 else "",
+                d.digits or d.near_digits,
+                d.near_digits,
+                d.find,
+            )
+            for d in detectors
         )
 
     @property
@@ -867,7 +884,7 @@ class PIIDetector:
         has_digit = None
         windows: list[tuple[int, int]] | None = None
         long = len(text) > _LONG_TEXT
-        for hint, digits, near_digits, find in self._finders:
+        for hint, lead, digits, near_digits, find in self._finders:
             if digits:
                 if has_digit is None:
                     has_digit = any(map(text.__contains__, _DIGITS))
@@ -875,7 +892,7 @@ class PIIDetector:
                         windows = _digit_windows(text)
                 if not has_digit:
                     continue
-            if hint not in text:
+            if (long and lead not in text) or hint not in text:
                 continue
             if near_digits and windows is not None:
                 for start, end in windows:
