@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from apps import make_config
 from fault_server import FaultServer, hang_before_headers, reply
@@ -126,8 +127,14 @@ def test_shadow_still_goes_to_the_loop(fault_server: FaultServer, hops: list[str
     config = make_config(fault_server.url)
     config["rules"][0]["mode"] = "shadow"
     app = LLMWSGIMiddleware(lambda e, s: [], config)
-    seen = _call(app, "/search", "q=red+shoes")
-    assert fault_server.wait_for_requests(1)
+    with capture_logs() as logs:
+        seen = _call(app, "/search", "q=red+shoes")
+        for _ in range(200):  # the shadow run logs once it is done
+            if logs:
+                break
+            time.sleep(0.01)
     app.close()
     assert len(hops) == 1
     assert seen["result"].outcomes == {"intent": "shadow"}
+    assert logs[0]["mode"] == "shadow" and logs[0]["outcomes"] == {"intent": "ok"}
+    assert len(fault_server.requests) == 1
