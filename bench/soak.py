@@ -25,7 +25,7 @@ idle <= 64, RSS and fds flat (+-10 %) over the last two thirds, probes answered 
 provider's own rate.
 
 Usage: ``python bench/soak.py [--minutes 3] [--servers uvicorn,gunicorn] [--concurrency 50]
-[--no-breaker] [--cpu-only]``.
+[--no-breaker] [--cpu-only] [--cpu-rounds 6]``.
 """
 
 from __future__ import annotations
@@ -361,11 +361,16 @@ def main() -> None:
         help="breaker out of reach: every request reaches the faulty provider (pool's worst case)",
     )
     parser.add_argument("--cpu-only", action="store_true", help="only the cpu row, per server")
+    parser.add_argument(
+        "--cpu-rounds", type=int, default=6, help="interleaved rounds of the cpu row"
+    )
     args = parser.parse_args()
     if args.no_breaker:
         global BREAKER_FAILURES
         BREAKER_FAILURES = 1_000_000_000
         print("breaker: off (breaker_failures out of reach)")
+    global CPU_ROUNDS
+    CPU_ROUNDS = max(1, args.cpu_rounds)
     print(environment_line())
     print(source_line())
     for kind in args.servers.split(","):
