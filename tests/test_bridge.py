@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -99,3 +100,55 @@ def test_a_cancelled_waiter_leaves_the_future_alone() -> None:
     assert not future.cancelled() and not future.done()
     assert future._done_callbacks == []  # type: ignore[attr-defined]
     future.set_result(1)
+
+
+def _run_inline(make: Any) -> tuple[bool, Any]:
+    from llm_middleware.inline import try_inline
+
+    return try_inline(make)
+
+
+def test_inline_wait_blocks_the_thread_until_the_result() -> None:
+    # A sync adapter's inline run: no loop; the wait blocks and the coroutine never suspends.
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    threading.Timer(0.03, future.set_result, args=(7,)).start()
+    started = time.monotonic()
+    done, value = _run_inline(lambda: wait_future(future, 5.0))
+    assert (done, value) == (True, 7)
+    assert time.monotonic() - started >= 0.03
+
+
+def test_inline_wait_times_out_without_cancelling() -> None:
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    async def wait() -> str:
+        try:
+            await wait_future(future, 0.05)
+        except TimeoutError:
+            return "timeout"
+        return "result"
+
+    started = time.monotonic()
+    done, value = _run_inline(wait)
+    assert (done, value) == (True, "timeout")
+    assert time.monotonic() - started >= 0.05
+    assert not future.cancelled() and not future.done()
+    assert future._done_callbacks == []  # type: ignore[attr-defined]
+    future.set_result(1)
+
+
+def test_inline_on_the_background_loop_thread_needs_the_loop() -> None:
+    # Blocking the background loop's own thread would stall the work waited for: there an
+    # inline run stops (NeedsLoop) instead, and the caller runs it on the loop.
+    from llm_middleware.bridge import BACKGROUND
+    from llm_middleware.inline import need_loop
+
+    async def step() -> str:
+        need_loop()
+        return "ran inline"
+
+    async def on_loop() -> tuple[bool, Any]:
+        return _run_inline(step)
+
+    assert _run_inline(step) == (True, "ran inline")
+    assert BACKGROUND.run(on_loop(), 5.0) == (False, None)

@@ -60,6 +60,26 @@ def test_sync_mode_sets_request_llm(config: Any) -> None:
                                                "max_price": 100.0}  # fmt: skip
 
 
+def test_sync_mode_waits_for_the_call_in_the_request_thread(
+    config: Any, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cache miss: the provider call runs on the background loop, the engine stays in the
+    # request thread (no trip of the request to the loop); a hit after it the same.
+    from llm_middleware import bridge
+
+    hops: list[Any] = []
+    real = bridge.BACKGROUND.run
+    monkeypatch.setattr(bridge.BACKGROUND, "run", lambda *a: hops.append(a) or real(*a))
+    seen: list[HttpRequest] = []
+    middleware = LLMMiddleware(sync_view(seen))
+    with settings(config):
+        for _ in range(2):
+            middleware(RequestFactory().get("/search", {"q": "blue shoes"}))
+    assert [r.llm.outcomes for r in seen] == [{"intent": "ok"}, {"intent": "cached"}]  # type: ignore[attr-defined]
+    assert hops == []
+    assert len(fault_server.requests) == 1
+
+
 def test_async_mode_awaits_the_core_on_the_callers_loop(config: Any) -> None:
     threads: list[threading.Thread] = []
 

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .inline import inline
+
 T = TypeVar("T")
 
 
@@ -88,9 +90,12 @@ async def wait_future(future: concurrent.futures.Future[T], timeout: float) -> T
     in the middle of a connection pool's bookkeeping.
 
     The waiter is woken by a callback scheduled on its own loop; if that loop has gone away
-    the callback is dropped."""
+    the callback is dropped. In an inline run (a sync adapter's request thread, no loop of
+    ours) the wait blocks the thread instead."""
     if future.done():
         return future.result()
+    if inline():
+        return _wait_blocking(future, timeout)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: trio (anyio supports no other backend)
@@ -126,6 +131,17 @@ async def _wait_asyncio(
     if not future.done():
         raise TimeoutError
     return future.result()
+
+
+def _wait_blocking(future: concurrent.futures.Future[T], timeout: float) -> T:
+    # The sync caller's own thread: it would block on the background loop's answer anyway.
+    # Never cancels ``future`` (as the loop-side waits).
+    try:
+        return future.result(timeout=max(0.0, timeout))
+    except TimeoutError:
+        if future.done():
+            raise  # the work's own outcome, not our wait's
+        raise TimeoutError from None
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

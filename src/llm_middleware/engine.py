@@ -23,7 +23,7 @@ from .config import (
 )
 from .deadline import Deadline
 from .exchange import Headers, RequestExchange, ResponseExchange, SourceError
-from .inline import inline, need_loop
+from .inline import inline, need_event_loop
 from .interceptors.base import Interceptor, RequestContext
 from .interceptors.enrichment import EnrichmentInterceptor
 from .interceptors.intent import IntentInterceptor
@@ -138,7 +138,7 @@ class Engine:
         """Never raises (but for cancellation). In shadow mode the work goes to the background
         and the request sees only ``shadow`` outcomes."""
         if rule.mode == "shadow":
-            need_loop()
+            need_event_loop()
             result = LLMResult(rule=rule.label)
             for icpt in rule.interceptors:
                 result.record(icpt.name, "shadow")
@@ -298,7 +298,7 @@ class Engine:
         ``response.set_headers`` and then calls ``finish_response``."""
         shadow = result.context
         if isinstance(shadow, _ShadowState):
-            need_loop()
+            need_event_loop()
             copy = ResponseExchange(response.status, response.headers, response.body)
             self._start_background(self._shadow_response(rule, shadow.task, copy))
             return
@@ -402,7 +402,7 @@ class Engine:
             result.record(icpt.name, "timeout", "budget_exhausted")
             return False
         try:
-            if inline():  # no loop: nothing here may wait (an I/O step raises NeedsLoop)
+            if inline():  # no loop: waits are on thread futures, each bounded (wait_future)
                 outcome = await call()
             elif _on_asyncio():  # asyncio's own timeout: cheaper than anyio's cancel scope
                 async with asyncio.timeout(remaining):

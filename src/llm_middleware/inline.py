@@ -1,8 +1,11 @@
-"""Running the engine inline in a sync caller's thread when it needs no I/O.
+"""Running the engine inline in a sync caller's thread.
 
-A cache hit, or a rule that only masks small inputs, completes without ever suspending: the
-sync adapters try that first in the request thread, and hop to the background loop only when
-the run reaches a point that needs it (an LLM call, a worker thread, a task)."""
+A cache hit, or a rule that only masks small inputs, completes without ever suspending. An LLM
+call or a masking job runs on the background loop or a worker pool anyway: the inline run
+starts it there and waits for its future blocking the request thread (a sync caller's thread
+is there to wait), so the engine runs once, in the request thread, with no hop of its own.
+Only a step that needs the event loop itself (shadow work) stops the inline run: the sync
+adapters then run the request again on the background loop."""
 
 from __future__ import annotations
 
@@ -26,6 +29,18 @@ def inline() -> bool:
 
 
 def need_loop() -> None:
+    """Called before waiting on another thread's future (``bridge.wait_future``). Inline, the
+    wait blocks the request thread; only on the background loop's own thread (where blocking
+    would stall the very work waited for) the inline run stops with ``NeedsLoop``."""
+    if _INLINE.get():
+        from .bridge import BACKGROUND
+
+        if BACKGROUND.on_thread():
+            raise NeedsLoop
+
+
+def need_event_loop() -> None:
+    """Called before a step that needs a running event loop: an inline run stops here."""
     if _INLINE.get():
         raise NeedsLoop
 
