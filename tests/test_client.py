@@ -192,6 +192,96 @@ async def test_cache_returns_copies_and_respects_prompt_version(fault_server: Fa
     assert len(fault_server.requests) == 2
 
 
+async def test_joiners_and_cache_never_share_a_mutable_answer(fault_server: FaultServer) -> None:
+    """Single-flight joiners each get their own object: a view that mutates its intent (a
+    field, or a list inside it in place) changes neither another caller's nor the cache's."""
+    from schemas import Summary
+
+    fault_server.default = reply({"summary": "s", "tags": ["a", "b"]}, delay=0.1)
+    client = LLMClient(config(fault_server.url))
+    prompt = default_prompt(Summary, "summary")
+
+    async def one() -> Any:
+        obj, _ = await client.structured(Summary, prompt, "t", Deadline(0.5), CallStats())
+        obj.tags.append("mutated")
+        obj.summary = "mutated"
+        return obj
+
+    async def flat() -> Any:
+        obj, _ = await call(client)
+        obj.color = "mutated"
+        return obj
+
+    try:
+        summaries = await gather(*((0.0, one) for _ in range(5)))
+        fault_server.default = reply(GOOD, delay=0.1)
+        intents = await gather(*((0.0, flat) for _ in range(5)))
+        cached_summary, hit = await client.structured(
+            Summary, prompt, "t", Deadline(0.5), CallStats()
+        )
+        cached_intent, intent_hit = await call(client)
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) == 2  # both groups did share one call each
+    assert hit and cached_summary == Summary(summary="s", tags=["a", "b"])
+    assert intent_hit and cached_intent == SearchIntent(**GOOD)
+    assert all(s.tags == ["a", "b", "mutated"] for s in summaries)  # one append each, no more
+    assert len({id(s) for s in summaries}) == 5 and len({id(s.tags) for s in summaries}) == 5
+    assert len({id(i) for i in intents}) == 5
+    await wait_idle(client)
+
+
+def test_private_copy_is_shallow_only_for_immutable_values() -> None:
+    """Atomic fields (and extras) are copied shallowly; anything mutable, anywhere in the
+    model, takes the deep copy."""
+    import datetime
+    import enum
+
+    from pydantic import BaseModel, ConfigDict
+
+    from llm_middleware.llm.client import _private_copy
+
+    class Size(enum.Enum):
+        S = "s"
+
+    class Flat(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        name: str
+        n: int
+        when: datetime.date
+        size: Size
+
+    class Inner(BaseModel):
+        tags: list[str]
+
+    class Nested(BaseModel):
+        inner: Inner
+
+    class Sub(str):
+        pass
+
+    flat = Flat(name="x", n=1, when=datetime.date(2020, 1, 1), size=Size.S, more=[1])
+    copy = _private_copy(flat)
+    assert copy == flat and copy is not flat
+    copy.more.append(2)  # type: ignore[attr-defined]
+    assert flat.more == [1]  # type: ignore[attr-defined]  # a mutable extra: deep
+
+    plain = Flat(name="x", n=1, when=datetime.date(2020, 1, 1), size=Size.S, other=2)
+    shallow = _private_copy(plain)
+    assert shallow is not plain and shallow.__dict__ is not plain.__dict__
+    shallow.name = "y"
+    assert plain.name == "x"
+
+    nested = Nested(inner=Inner(tags=["a"]))
+    deep = _private_copy(nested)
+    assert deep.inner is not nested.inner and deep.inner.tags is not nested.inner.tags
+    deep.inner.tags.append("b")
+    assert nested.inner.tags == ["a"]
+
+    odd = Flat.model_construct(name=Sub("x"), n=1, when=datetime.date(2020, 1, 1), size=Size.S)
+    assert _private_copy(odd).name is not odd.name  # a str subclass is not trusted: deep
+
+
 async def test_cache_key_covers_the_whole_prompt_and_schema(fault_server: FaultServer) -> None:
     """Editing the examples, the system text or the schema misses the cache even when the
     prompt's name and version stay the same; an equal prompt built anew hits it."""
