@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -280,6 +281,48 @@ def test_private_copy_is_shallow_only_for_immutable_values() -> None:
 
     odd = Flat.model_construct(name=Sub("x"), n=1, when=datetime.date(2020, 1, 1), size=Size.S)
     assert _private_copy(odd).name is not odd.name  # a str subclass is not trusted: deep
+
+
+def test_render_reuses_the_fixed_part_only_for_the_same_prompt_and_schema() -> None:
+    """The system text and examples are built once per prompt object and schema; each call
+    still gets its own message dicts, its own input turn, and an edited prompt or another
+    schema is rendered afresh."""
+    from pydantic import BaseModel
+
+    from llm_middleware.config import Prompt, PromptExample
+    from llm_middleware.llm.prompts import render, schema_json
+
+    prompt = Prompt(
+        name="p",
+        version="1",
+        system="Extract. Schema: {schema}",
+        user="Schema {schema}. Text: {input}",
+        examples=[PromptExample(input="a red hat", output={"color": "red"})],
+    )
+    first = render(prompt, SearchIntent, "blue shoes")
+    second = render(prompt, SearchIntent, "green bag")
+    schema_text = json.dumps(schema_json(SearchIntent), separators=(",", ":"))
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
+    assert first[0]["content"] == f"Extract. Schema: {schema_text}"
+    assert "a red hat" in first[1]["content"] and schema_text in first[1]["content"]
+    assert json.loads(first[2]["content"]) == {"category": None, "color": "red", "max_price": None}
+    assert "blue shoes" in first[3]["content"] and "green bag" in second[3]["content"]
+    assert first[:3] == second[:3] and first[3] != second[3]
+    assert all(a is not b for a, b in zip(first, second, strict=True))
+    first[0]["content"] = "mutated"
+    first.append({"role": "user", "content": "more"})
+    assert render(prompt, SearchIntent, "green bag") == second
+
+    edited = prompt.model_copy(update={"system": "Other. {schema}"})
+    assert render(edited, SearchIntent, "x")[0]["content"] == f"Other. {schema_text}"
+
+    class Other(BaseModel):
+        size: int | None = None
+
+    other = render(prompt, Other, "x")
+    other_text = json.dumps(schema_json(Other), separators=(",", ":"))
+    assert other[0]["content"] == f"Extract. Schema: {other_text}"
+    assert json.loads(other[2]["content"]) == {"size": None}
 
 
 async def test_cache_key_covers_the_whole_prompt_and_schema(fault_server: FaultServer) -> None:
