@@ -325,6 +325,51 @@ def test_render_reuses_the_fixed_part_only_for_the_same_prompt_and_schema() -> N
     assert json.loads(other[2]["content"]) == {"size": None}
 
 
+def test_wire_body_is_the_json_of_the_body_for_every_provider_shape() -> None:
+    """The request body, its fixed end encoded once per provider and schema, is byte for byte
+    the compact JSON of the request's ``body``; another provider, schema or message list
+    changes it."""
+    from pydantic import BaseModel
+
+    from llm_middleware.llm.prompts import render, schema_json
+    from llm_middleware.llm.providers import build_request
+
+    class Other(BaseModel):
+        size: int | None = None
+
+    shapes: list[dict[str, Any]] = [
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m"},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m", "temperature": 0.5},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "é", "max_tokens": 9},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m", "dialect": "none"},
+        {
+            "kind": "openai",
+            "base_url": "http://127.0.0.1:1",
+            "model": "m",
+            "dialect": "json_object",
+            "temperature": 0.0,
+        },  # fmt: skip
+        {"kind": "anthropic", "base_url": "http://127.0.0.1:1", "model": "m"},
+    ]
+    seen: set[bytes] = set()
+    for shape in shapes:
+        provider = load_config({"providers": [shape]}).providers[0]
+        for schema in (SearchIntent, Other):
+            for text in ("red shoes", 'quote " and ü'):
+                messages = render(PROMPT, schema, text)
+                for _ in range(2):  # the second call takes the stored end
+                    request = build_request(
+                        provider, messages, schema.__name__, schema_json(schema)
+                    )
+                    expected = json.dumps(request.body, separators=(",", ":"), ensure_ascii=False)
+                    assert request.content == expected.encode()
+                    assert json.loads(request.content) == request.body
+                seen.add(request.content)
+    # Every provider, schema and text differs, but for dialect "none", which sends no schema
+    # (and the default prompt's messages do not name it): its two schemas give the same bytes.
+    assert len(seen) == len(shapes) * 2 * 2 - 2
+
+
 async def test_cache_key_covers_the_whole_prompt_and_schema(fault_server: FaultServer) -> None:
     """Editing the examples, the system text or the schema misses the cache even when the
     prompt's name and version stay the same; an equal prompt built anew hits it."""
