@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -190,6 +191,183 @@ async def test_cache_returns_copies_and_respects_prompt_version(fault_server: Fa
     assert cached and second.color == "red"
     assert cached_v2 is False
     assert len(fault_server.requests) == 2
+
+
+async def test_joiners_and_cache_never_share_a_mutable_answer(fault_server: FaultServer) -> None:
+    """Single-flight joiners each get their own object: a view that mutates its intent (a
+    field, or a list inside it in place) changes neither another caller's nor the cache's."""
+    from schemas import Summary
+
+    fault_server.default = reply({"summary": "s", "tags": ["a", "b"]}, delay=0.1)
+    client = LLMClient(config(fault_server.url))
+    prompt = default_prompt(Summary, "summary")
+
+    async def one() -> Any:
+        obj, _ = await client.structured(Summary, prompt, "t", Deadline(0.5), CallStats())
+        obj.tags.append("mutated")
+        obj.summary = "mutated"
+        return obj
+
+    async def flat() -> Any:
+        obj, _ = await call(client)
+        obj.color = "mutated"
+        return obj
+
+    try:
+        summaries = await gather(*((0.0, one) for _ in range(5)))
+        fault_server.default = reply(GOOD, delay=0.1)
+        intents = await gather(*((0.0, flat) for _ in range(5)))
+        cached_summary, hit = await client.structured(
+            Summary, prompt, "t", Deadline(0.5), CallStats()
+        )
+        cached_intent, intent_hit = await call(client)
+    finally:
+        await client.aclose()
+    assert len(fault_server.requests) == 2  # both groups did share one call each
+    assert hit and cached_summary == Summary(summary="s", tags=["a", "b"])
+    assert intent_hit and cached_intent == SearchIntent(**GOOD)
+    assert all(s.tags == ["a", "b", "mutated"] for s in summaries)  # one append each, no more
+    assert len({id(s) for s in summaries}) == 5 and len({id(s.tags) for s in summaries}) == 5
+    assert len({id(i) for i in intents}) == 5
+    await wait_idle(client)
+
+
+def test_private_copy_is_shallow_only_for_immutable_values() -> None:
+    """Atomic fields (and extras) are copied shallowly; anything mutable, anywhere in the
+    model, takes the deep copy."""
+    import datetime
+    import enum
+
+    from pydantic import BaseModel, ConfigDict
+
+    from llm_middleware.llm.client import _private_copy
+
+    class Size(enum.Enum):
+        S = "s"
+
+    class Flat(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        name: str
+        n: int
+        when: datetime.date
+        size: Size
+
+    class Inner(BaseModel):
+        tags: list[str]
+
+    class Nested(BaseModel):
+        inner: Inner
+
+    class Sub(str):
+        pass
+
+    flat = Flat(name="x", n=1, when=datetime.date(2020, 1, 1), size=Size.S, more=[1])
+    copy = _private_copy(flat)
+    assert copy == flat and copy is not flat
+    copy.more.append(2)  # type: ignore[attr-defined]
+    assert flat.more == [1]  # type: ignore[attr-defined]  # a mutable extra: deep
+
+    plain = Flat(name="x", n=1, when=datetime.date(2020, 1, 1), size=Size.S, other=2)
+    shallow = _private_copy(plain)
+    assert shallow is not plain and shallow.__dict__ is not plain.__dict__
+    shallow.name = "y"
+    assert plain.name == "x"
+
+    nested = Nested(inner=Inner(tags=["a"]))
+    deep = _private_copy(nested)
+    assert deep.inner is not nested.inner and deep.inner.tags is not nested.inner.tags
+    deep.inner.tags.append("b")
+    assert nested.inner.tags == ["a"]
+
+    odd = Flat.model_construct(name=Sub("x"), n=1, when=datetime.date(2020, 1, 1), size=Size.S)
+    assert _private_copy(odd).name is not odd.name  # a str subclass is not trusted: deep
+
+
+def test_render_reuses_the_fixed_part_only_for_the_same_prompt_and_schema() -> None:
+    """The system text and examples are built once per prompt object and schema; each call
+    still gets its own message dicts, its own input turn, and an edited prompt or another
+    schema is rendered afresh."""
+    from pydantic import BaseModel
+
+    from llm_middleware.config import Prompt, PromptExample
+    from llm_middleware.llm.prompts import render, schema_json
+
+    prompt = Prompt(
+        name="p",
+        version="1",
+        system="Extract. Schema: {schema}",
+        user="Schema {schema}. Text: {input}",
+        examples=[PromptExample(input="a red hat", output={"color": "red"})],
+    )
+    first = render(prompt, SearchIntent, "blue shoes")
+    second = render(prompt, SearchIntent, "green bag")
+    schema_text = json.dumps(schema_json(SearchIntent), separators=(",", ":"))
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
+    assert first[0]["content"] == f"Extract. Schema: {schema_text}"
+    assert "a red hat" in first[1]["content"] and schema_text in first[1]["content"]
+    assert json.loads(first[2]["content"]) == {"category": None, "color": "red", "max_price": None}
+    assert "blue shoes" in first[3]["content"] and "green bag" in second[3]["content"]
+    assert first[:3] == second[:3] and first[3] != second[3]
+    assert all(a is not b for a, b in zip(first, second, strict=True))
+    first[0]["content"] = "mutated"
+    first.append({"role": "user", "content": "more"})
+    assert render(prompt, SearchIntent, "green bag") == second
+
+    edited = prompt.model_copy(update={"system": "Other. {schema}"})
+    assert render(edited, SearchIntent, "x")[0]["content"] == f"Other. {schema_text}"
+
+    class Other(BaseModel):
+        size: int | None = None
+
+    other = render(prompt, Other, "x")
+    other_text = json.dumps(schema_json(Other), separators=(",", ":"))
+    assert other[0]["content"] == f"Extract. Schema: {other_text}"
+    assert json.loads(other[2]["content"]) == {"size": None}
+
+
+def test_wire_body_is_the_json_of_the_body_for_every_provider_shape() -> None:
+    """The request body, its fixed end encoded once per provider and schema, is byte for byte
+    the compact JSON of the request's ``body``; another provider, schema or message list
+    changes it."""
+    from pydantic import BaseModel
+
+    from llm_middleware.llm.prompts import render, schema_json
+    from llm_middleware.llm.providers import build_request
+
+    class Other(BaseModel):
+        size: int | None = None
+
+    shapes: list[dict[str, Any]] = [
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m"},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m", "temperature": 0.5},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "é", "max_tokens": 9},
+        {"kind": "openai", "base_url": "http://127.0.0.1:1", "model": "m", "dialect": "none"},
+        {
+            "kind": "openai",
+            "base_url": "http://127.0.0.1:1",
+            "model": "m",
+            "dialect": "json_object",
+            "temperature": 0.0,
+        },  # fmt: skip
+        {"kind": "anthropic", "base_url": "http://127.0.0.1:1", "model": "m"},
+    ]
+    seen: set[bytes] = set()
+    for shape in shapes:
+        provider = load_config({"providers": [shape]}).providers[0]
+        for schema in (SearchIntent, Other):
+            for text in ("red shoes", 'quote " and ü'):
+                messages = render(PROMPT, schema, text)
+                for _ in range(2):  # the second call takes the stored end
+                    request = build_request(
+                        provider, messages, schema.__name__, schema_json(schema)
+                    )
+                    expected = json.dumps(request.body, separators=(",", ":"), ensure_ascii=False)
+                    assert request.content == expected.encode()
+                    assert json.loads(request.content) == request.body
+                seen.add(request.content)
+    # Every provider, schema and text differs, but for dialect "none", which sends no schema
+    # (and the default prompt's messages do not name it): its two schemas give the same bytes.
+    assert len(seen) == len(shapes) * 2 * 2 - 2
 
 
 async def test_cache_key_covers_the_whole_prompt_and_schema(fault_server: FaultServer) -> None:

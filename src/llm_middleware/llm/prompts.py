@@ -124,15 +124,37 @@ def _user_turn(prompt: Prompt, schema_text: str, text: str) -> str:
     return user
 
 
-def render(prompt: Prompt, schema: type[BaseModel], text: str) -> list[dict[str, str]]:
+_RENDERED: dict[tuple[int, type[BaseModel]], tuple[Prompt, str, tuple[tuple[str, str], ...]]] = {}
+_RENDERED_MAX = 256
+_RENDERED_LOCK = threading.Lock()
+
+
+def _fixed_part(prompt: Prompt, schema: type[BaseModel]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The schema text and the messages before the input's turn (system, few-shot examples):
+    the same for every call of a prompt and schema, so built once per prompt object (frozen,
+    held by its entry as in ``prompt_fingerprint``)."""
+    key = (id(prompt), schema)
+    found = _RENDERED.get(key)
+    if found is not None and found[0] is prompt:
+        return found[1], found[2]
     schema_text = json.dumps(schema_json(schema), separators=(",", ":"))
-    system = prompt.system.replace("{schema}", schema_text)
-    messages = [{"role": "system", "content": system}]
+    fixed = [("system", prompt.system.replace("{schema}", schema_text))]
     fields = list(schema.model_fields)
     for example in prompt.examples:
         # Every field in the example answer, null included: the model sees null as normal.
         answer = {name: example.output.get(name) for name in fields}
-        messages.append({"role": "user", "content": _user_turn(prompt, schema_text, example.input)})
-        messages.append({"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)})
+        fixed.append(("user", _user_turn(prompt, schema_text, example.input)))
+        fixed.append(("assistant", json.dumps(answer, ensure_ascii=False)))
+    with _RENDERED_LOCK:
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.clear()
+        _RENDERED[key] = (prompt, schema_text, tuple(fixed))
+    return schema_text, tuple(fixed)
+
+
+def render(prompt: Prompt, schema: type[BaseModel], text: str) -> list[dict[str, str]]:
+    """The messages for ``text``: fresh dicts each call (callers may extend the list)."""
+    schema_text, fixed = _fixed_part(prompt, schema)
+    messages = [{"role": role, "content": content} for role, content in fixed]
     messages.append({"role": "user", "content": _user_turn(prompt, schema_text, text)})
     return messages

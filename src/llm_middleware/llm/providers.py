@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +23,42 @@ class WireRequest:
     url: str
     headers: dict[str, str]
     body: dict[str, Any]
+    #: The JSON of ``body``'s keys after ``messages``, encoded once per provider and schema
+    #: (``_tail``), when ``body`` was built with them; the body is encoded whole otherwise.
+    tail: bytes | None = None
 
     @property
     def content(self) -> bytes:
         """The JSON body as sent (compact, UTF-8)."""
-        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
+        if self.tail is None:
+            return _dumps(self.body).encode()
+        head = {key: self.body[key] for key in ("model", "messages")}
+        return _dumps(head)[:-1].encode() + self.tail
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_TAILS: dict[tuple[int, int], tuple[ProviderConfig, dict[str, Any], dict[str, Any], bytes]] = {}
+_TAILS_MAX = 256
+_TAILS_LOCK = threading.Lock()
+
+
+def _tail(provider: ProviderConfig, schema: dict[str, Any], rest: dict[str, Any]) -> bytes:
+    """``rest`` (the keys after ``messages``) as the end of a JSON object: ``,"k":v...}``.
+    Depends only on the provider (frozen) and the schema's JSON (cached per schema class):
+    kept per pair of objects, the entry holding both so their ids are not reused."""
+    key = (id(provider), id(schema))
+    found = _TAILS.get(key)
+    if found is not None and found[0] is provider and found[1] is schema and found[2] == rest:
+        return found[3]
+    encoded = ("," + _dumps(rest)[1:] if rest else "}").encode()
+    with _TAILS_LOCK:
+        if len(_TAILS) >= _TAILS_MAX:
+            _TAILS.clear()
+        _TAILS[key] = (provider, schema, rest, encoded)
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +109,21 @@ def build_request(
 
     if key:
         headers["authorization"] = f"Bearer {key}"
-    body = {"model": provider.model, "messages": messages}
+    rest: dict[str, Any] = {}
     if provider.temperature is not None:
-        body["temperature"] = provider.temperature
+        rest["temperature"] = provider.temperature
     if provider.max_tokens is not None:
-        body["max_tokens"] = provider.max_tokens
+        rest["max_tokens"] = provider.max_tokens
     if provider.dialect == "json_schema":
-        body["response_format"] = {
+        rest["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": _safe_name(schema_name), "schema": schema},
         }
     elif provider.dialect == "json_object":
-        body["response_format"] = {"type": "json_object", "schema": schema}
-    return WireRequest(provider.base_url.rstrip("/") + "/chat/completions", headers, body)
+        rest["response_format"] = {"type": "json_object", "schema": schema}
+    body = {"model": provider.model, "messages": messages, **rest}
+    url = provider.base_url.rstrip("/") + "/chat/completions"
+    return WireRequest(url, headers, body, _tail(provider, schema, rest))
 
 
 def _safe_name(name: str) -> str:
