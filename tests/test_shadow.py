@@ -125,6 +125,22 @@ def test_comparison_to_structlog_is_masked_and_sampled(fault_server: FaultServer
     assert not [e for e in logs if e["event"] == "llm_middleware.shadow_compare"]
 
 
+def test_sampling_leaves_the_global_random_state_alone(fault_server: FaultServer) -> None:
+    # The app owns `random`'s global generator (Hypothesis even checks that nothing else
+    # advances it): a sampled comparison draws from the module's own.
+    import random
+
+    fault_server.default = reply(ECHO)
+    config = _shadow_config(fault_server.url, compare=0.5)
+    with capture_logs() as logs, serve_asgi_thread(build_starlette(config)) as base:
+        state = random.getstate()
+        for i in range(4):  # fresh texts: cache hits would not be logged (sampled)
+            message = {**MESSAGE, "message": f"{MESSAGE['message']} (order {i})"}
+            httpx.post(base + "/pii-echo", json=message, timeout=10)
+        _wait_for(lambda: len([e for e in logs if e["event"] == "llm_middleware.request"]) >= 4)
+        assert random.getstate() == state
+
+
 def test_response_side_runs_in_shadow_and_is_never_applied(fault_server: FaultServer) -> None:
     fault_server.default = reply({"summary": "About shoes.", "tags": ["shoes"]})
     with (

@@ -14,6 +14,7 @@ every value masked on the request is scrubbed again. Records go to a structlog e
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -29,6 +30,11 @@ __all__ = ["comparison_records", "emit"]
 
 _sink_lock = threading.Lock()
 _detector: PIIDetector | None = None
+
+# Sampling draws from its own generator: the global one is the app's (and Hypothesis checks
+# that nothing else advances it), and forked workers must not sample in lockstep.
+_SAMPLER = random.Random()
+os.register_at_fork(after_in_child=_SAMPLER.seed)
 
 
 def _default_detector() -> PIIDetector:
@@ -85,7 +91,7 @@ def comparison_records(
     out: list[tuple[dict[str, Any], str | None]] = []
     mask = _masker(ctx)
     for name, config in interceptors:
-        if config.compare <= 0 or random.random() >= config.compare:
+        if config.compare <= 0 or _SAMPLER.random() >= config.compare:
             continue
         intent = ctx.result.intents.get(name)
         produced = intent.model_dump(mode="json") if intent is not None else None
