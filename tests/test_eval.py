@@ -72,6 +72,16 @@ def test_scores_per_field_from_known_answers(fault_server: FaultServer) -> None:
     assert {f["id"] for f in failures} == {"b", "d"}
 
 
+def test_timeouts_do_not_open_the_breaker_during_an_evaluation(fault_server: FaultServer) -> None:
+    # With the rule's own breaker (5 failures), 7 hangs in a row would turn the last cases
+    # into circuit_open without asking the provider: an evaluation asks it every time.
+    fault_server.default = hang_before_headers()
+    cases = [Case(str(i), f"red shoes {i}", {"category": "shoes"}) for i in range(7)]
+    [report] = evaluate(cases, config(fault_server.url), "/search", budget_ms=150)
+    assert report.outcomes == {"timeout": 7}
+    assert len(fault_server.requests) == 7
+
+
 def test_grounding_both_ways_from_one_run_and_side_by_side(fault_server: FaultServer) -> None:
     fault_server.default = reply({"category": "shoes", "color": "red", "max_price": 10.99})
     cases = CASES[:2]

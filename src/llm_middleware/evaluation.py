@@ -351,10 +351,17 @@ def build_exchange(source: str, path: str, method: str, text: str) -> RequestExc
     return RequestExchange(method, path, query, Headers(headers), body, client_key="eval")
 
 
+_EVAL_BREAKER_FAILURES = 1_000_000
+
+
 def _variant_config(
     config: Config, rule_index: int, interceptor: int, variant: Variant, budget_ms: int | None
 ) -> Config:
     data = config.model_dump(by_alias=True)
+    # The circuit breaker stays shut: an evaluation measures answers, and a run of timeouts
+    # (a slow or loaded machine) would otherwise turn the following cases into
+    # circuit_open, scoring the machine instead of the prompt. Timeouts still count.
+    data["breaker_failures"] = _EVAL_BREAKER_FAILURES
     rule = data["rules"][rule_index]
     rule["mode"] = "enforce"
     rule["sample"] = 1.0
