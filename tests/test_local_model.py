@@ -157,7 +157,11 @@ def test_intent_on_real_model_is_valid_or_recorded_within_budget(local_llm: str)
         if outcome == "ok":
             SearchIntent.model_validate(data["intent"])
         assert data["added_ms"] <= BUDGET_MS + lag.slack_ms, (data["added_ms"], lag.worst_ms)
-    if direct_ms < BUDGET_MS / 2:  # the model answers well inside the budget here and now
+    # An answer is required only when the model runs near its idle speed here and now (a short
+    # direct request: 0.2-0.5 s idle on 2 cores). The middleware's prompt is several times
+    # longer, so a direct answer of 2.9 s under two CPU burners still left all four requests
+    # past the budget: half the budget was no safe reference.
+    if direct_ms < BUDGET_MS / 8:
         assert any(d["outcomes"]["intent"] == "ok" for d in results), (direct_ms, results)
 
 
