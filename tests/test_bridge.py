@@ -111,8 +111,8 @@ def _run_inline(make: Any) -> tuple[bool, Any]:
 def test_inline_wait_blocks_the_thread_until_the_result() -> None:
     # A sync adapter's inline run: no loop; the wait blocks and the coroutine never suspends.
     future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    started = time.monotonic()  # before the timer starts: the result cannot come sooner
     threading.Timer(0.03, future.set_result, args=(7,)).start()
-    started = time.monotonic()
     done, value = _run_inline(lambda: wait_future(future, 5.0))
     assert (done, value) == (True, 7)
     assert time.monotonic() - started >= 0.03
