@@ -43,21 +43,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from None
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        writer = self._writer
-        try:
-            if writer.transport.is_closing():
-                raise httpcore.WriteError("connection closed")
-            writer.write(buffer)
-            if writer.transport.get_write_buffer_size() == 0:
-                return  # all of it went to the socket at once: nothing to wait for
-            async with asyncio.timeout(timeout):
-                await writer.drain()
-        except TimeoutError:
-            raise httpcore.WriteTimeout(f"could not write within {timeout} s") from None
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from None
+        if buffer:
+            await write_all(self._writer, buffer, timeout)
 
     async def aclose(self) -> None:
         # Close without waiting for the peer: a provider that hangs must not hold us here.
@@ -144,3 +131,21 @@ def _set_options(writer: asyncio.StreamWriter, options: Iterable[_Option] | None
     with contextlib.suppress(OSError):
         for option in options:
             sock.setsockopt(*option)
+
+
+async def write_all(writer: asyncio.StreamWriter, data: bytes, timeout: float | None) -> None:
+    """Write ``data``, waiting for the socket to drain only when it did not take it all at
+    once; errors as httpcore's (``WriteTimeout``, ``WriteError``). Shared by the httpcore
+    backend and the HTTP/1.1 pool."""
+    try:
+        if writer.transport.is_closing():
+            raise httpcore.WriteError("connection closed")
+        writer.write(data)
+        if writer.transport.get_write_buffer_size() == 0:
+            return  # all of it went to the socket at once: nothing to wait for
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    except TimeoutError:
+        raise httpcore.WriteTimeout(f"could not write within {timeout} s") from None
+    except OSError as exc:
+        raise httpcore.WriteError(str(exc) or type(exc).__name__) from None

@@ -22,6 +22,8 @@ import time
 
 import httpcore
 
+from .backend import write_all
+
 _MAX_HEAD = 64 * 1024  # status line and headers (asyncio's default stream limit)
 _CHUNK = 64 * 1024
 _MAX_TRAILERS = 100
@@ -206,7 +208,7 @@ class Pool:
             conn = await self._connect(origin, timeout)
         self._busy.add(conn)
         try:
-            await _write(conn, head + content, timeout)
+            await write_all(conn.writer, head + content, timeout)
             return await _read_head(conn, timeout)
         except BaseException:
             self._busy.discard(conn)
@@ -271,22 +273,6 @@ class Pool:
         except (OSError, ssl.SSLError) as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
         return Connection(reader, writer, origin)
-
-
-async def _write(conn: Connection, data: bytes, timeout: float) -> None:
-    writer = conn.writer
-    if writer.is_closing():
-        raise httpcore.WriteError("connection closed")
-    try:
-        writer.write(data)
-        if writer.transport.get_write_buffer_size() == 0:
-            return
-        async with asyncio.timeout(timeout):
-            await writer.drain()
-    except TimeoutError:
-        raise httpcore.WriteTimeout(f"could not write within {timeout} s") from None
-    except OSError as exc:
-        raise httpcore.WriteError(str(exc) or type(exc).__name__) from None
 
 
 async def _read_head(conn: Connection, timeout: float) -> Response:
