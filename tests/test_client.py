@@ -601,8 +601,10 @@ async def test_error_answers_reuse_their_connection(fault_server: FaultServer) -
     client = LLMClient(config(fault_server.url, breaker_failures=10_000))
     try:
         for i in range(40):
+            # A budget far above the retries' backoff: this is about connections, and on a
+            # busy machine three attempts could outlast the default 0.5 s (an LLMTimeout).
             with pytest.raises(LLMTransportError):
-                await call(client, text=f"q{i}")
+                await call(client, text=f"q{i}", budget=10.0)
     finally:
         await client.aclose()
     assert len(fault_server.requests) >= 40  # (each call retried once: max_retries default)
