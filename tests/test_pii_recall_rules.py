@@ -175,3 +175,25 @@ def test_card_word_does_not_make_other_numbers_cards(text: str) -> None:
 def test_issuer_table_card_unchanged_by_context() -> None:
     assert only("CREDIT_CARD", "credit card 4111 1111 1111 1111") == ["4111 1111 1111 1111"]
     assert only("CREDIT_CARD", "credit card ref 12 4111 1111 1111 1111") == ["4111 1111 1111 1111"]
+
+
+# --------------------------------------------------------------------------- long texts
+
+NEW_PIECES = [
+    "write to jo.lee [at] acme [dot] com today",
+    "my email is jo at acme.com, thanks",
+    "jo.lee@acme[dot]com was bounced",
+    "mail jo@acme.com123-45-6789 then",
+    "credit card 7111 1111 1111 1114 declined",
+    "look at acme.com for details",  # no PII
+]
+
+
+@pytest.mark.parametrize("piece", NEW_PIECES)
+@pytest.mark.parametrize("pad", ["A" * 3000, "we met at noon at the cafe (at 12). " * 90])
+def test_new_rules_find_the_same_in_a_long_text(piece: str, pad: str) -> None:
+    expected = [(f.entity_type, f.start, f.end) for f in DETECTOR.detect(piece)]
+    assert expected or piece.startswith("look")
+    got = [(f.entity_type, f.start, f.end) for f in DETECTOR.detect(f"{pad} {piece} {pad}")]
+    shift = len(pad) + 1
+    assert [(t, s - shift, e - shift) for t, s, e in got] == expected
