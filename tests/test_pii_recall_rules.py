@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_middleware.pii import PIIDetector
+from llm_middleware.pii import PIIDetector, phone_regions
 
 DETECTOR = PIIDetector()
 
@@ -25,6 +25,10 @@ def only(entity: str, text: str) -> list[str]:
     ("text", "expected"),
     [
         ("ann@shop.io321-54-9876", [("EMAIL_ADDRESS", "ann@shop.io"), ("US_SSN", "321-54-9876")]),
+        (
+            "jo\uff20shop.io321-54-9876",
+            [("EMAIL_ADDRESS", "jo\uff20shop.io"), ("US_SSN", "321-54-9876")],
+        ),
         (
             "to:b.k@mail.example.net5105105105105100;",
             [("EMAIL_ADDRESS", "b.k@mail.example.net"), ("CREDIT_CARD", "5105105105105100")],
@@ -67,6 +71,21 @@ def test_glued_values_follow_entities_and_still_need_a_letter_free_start() -> No
     # Only an address ends at a TLD: a code glued to letters is still no SSN.
     assert found("part ABC321-54-9876 shipped") == []
     assert found("v2.shop321-54-9876") == []
+
+
+@pytest.mark.skipif(not phone_regions.available(), reason="needs the [phones] extra")
+def test_glued_phone_is_checked_against_phone_regions() -> None:
+    us = PIIDetector(phone_regions=["US"])
+    text = "ann@shop.io333-123-4567 bob@shop.io415-555-0132 cy@shop.io321-54-9876"
+    # 333 is no US area code: the address still ends there, the phone is not reported.
+    assert found(text, us) == [
+        ("EMAIL_ADDRESS", "ann@shop.io"),
+        ("EMAIL_ADDRESS", "bob@shop.io"),
+        ("PHONE_NUMBER", "415-555-0132"),
+        ("EMAIL_ADDRESS", "cy@shop.io"),
+        ("US_SSN", "321-54-9876"),
+    ]
+    assert ("PHONE_NUMBER", "333-123-4567") in found(text)
 
 
 # --------------------------------------------------------------------------- obfuscated e-mails

@@ -144,7 +144,16 @@ def _find_fullwidth_emails(text: str) -> list[Finding]:
     return list(_find_emails_at(text, "\uff20"))
 
 
-def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
+def _emails_glued_phones(sign: str, valid: Validator) -> Finder:
+    def find(text: str) -> list[Finding]:
+        return list(_find_emails_at(text, sign, valid))
+
+    return find
+
+
+def _find_emails_at(
+    text: str, sign: str, valid_phone: Validator | None = None
+) -> Iterator[Finding]:
     floor = 0
     at = text.find(sign)
     while at != -1:
@@ -174,7 +183,15 @@ def _find_emails_at(text: str, sign: str) -> Iterator[Finding]:
                     glued = []
                 if glued or end == len(text) or text[end] not in _DIGIT_SET:
                     yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
-                    yield from glued
+                    # A phone's shape ends the address; with phone_regions the phone itself
+                    # is reported only when valid there, like any other phone.
+                    for f in glued:
+                        if (
+                            f.entity_type != "PHONE_NUMBER"
+                            or valid_phone is None
+                            or valid_phone(f.text)
+                        ):
+                            yield f
                     floor = end
         at = text.find(sign, at + 1)
 
@@ -852,10 +869,12 @@ _URL_CREDENTIALS = Detector(
     frozenset({"URL"}), _spans_as("URL", context.find_url_credentials, 0.95), hint="://"
 )
 _PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True, near_digits=True)
+_EMAILS = Detector(frozenset({"EMAIL_ADDRESS", *_GLUED_TYPES}), _find_emails, hint="@")
+_FULLWIDTH_EMAILS = Detector(_EMAILS.entity_types, _find_fullwidth_emails, hint="\uff20")
 _BUILTINS: tuple[Detector, ...] = (
     # An address also reports the values glued to it (``_find_glued``).
-    Detector(frozenset({"EMAIL_ADDRESS", *_GLUED_TYPES}), _find_emails, hint="@"),
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_fullwidth_emails, hint="\uff20"),
+    _EMAILS,
+    _FULLWIDTH_EMAILS,
     Detector(frozenset({"EMAIL_ADDRESS"}), _find_obfuscated_emails),
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
@@ -1031,7 +1050,19 @@ class PIIDetector:
             phones = Detector(
                 _PHONES.entity_types, _validated_phones(valid), digits=True, near_digits=True
             )
-            detectors = tuple(phones if d is _PHONES else d for d in detectors)
+            # Phones glued to an address are checked like the others.
+            swap = {
+                id(_PHONES): phones,
+                id(_EMAILS): Detector(
+                    _EMAILS.entity_types, _emails_glued_phones("@", valid), hint="@"
+                ),
+                id(_FULLWIDTH_EMAILS): Detector(
+                    _EMAILS.entity_types,
+                    _emails_glued_phones("\uff20", valid),
+                    hint="\uff20",
+                ),
+            }
+            detectors = tuple(swap.get(id(d), d) for d in detectors)
         self._ner = ner
         self._keep: frozenset[str] | None = None
         if entities is None:
