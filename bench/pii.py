@@ -502,6 +502,9 @@ ADVERSARIAL = {
     "nested separators": "(+1) (415)-(555)-.-0132-" * 3 + " ",
     "colons": "db8::1:" * 10 + " ",
     "overlapping pair": "jane@example.com 4111 1111 1111 1111 +1 415 555 0132 ",
+    "obfuscated e-mails": "jo [at] acme [dot] com jo.d at gmail dot com x(at)y ",
+    "at/dot chain": "x at a dot at dot ",
+    "@ and brackets": "a@(b[c ",
 }
 
 
