@@ -254,3 +254,73 @@ def test_around_threshold() -> None:
     over = "-" + at_limit[:-1]
     assert over.count("-") == limit + 1
     assert det._around(over, "-") is over
+
+
+# --------------------------------------------------------------------------- cheaper pieces
+
+
+def test_finding_keeps_the_frozen_dataclass_behaviour() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    made = det.Finding("US_SSN", 4, 15, "078-05-1120", 0.85)
+    by_name = det.Finding(entity_type="US_SSN", start=4, end=15, text="078-05-1120", score=0.85)
+    assert made == by_name and hash(made) == hash(by_name)
+    assert (made.entity_type, made.start, made.end, made.text, made.score) == (
+        "US_SSN",
+        4,
+        15,
+        "078-05-1120",
+        0.85,
+    )
+    assert made != det.Finding("US_SSN", 4, 15, "078-05-1120", 0.7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.start = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        det.Finding("US_SSN", 4, 15, "078-05-1120")  # type: ignore[call-arg]
+    assert "078" not in repr(made) and "start=4" in repr(made)
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert copy.copy(made) == made
+    assert dataclasses.replace(made, score=0.5).score == 0.5
+    assert [f.name for f in dataclasses.fields(made)] == [
+        "entity_type",
+        "start",
+        "end",
+        "text",
+        "score",
+    ]
+    assert not hasattr(made, "__dict__")
+
+
+def test_one_digit_last_agrees_with_the_regex_it_replaced() -> None:
+    from llm_middleware.pii import phones
+
+    regex = re.compile(r".*[ ./-]\d\Z")
+    chars = ["1", "0", "٣", "²", " ", ".", "/", "-", "\u00a0", "(", ")", "x"]
+    tails = [a + b + c for a in chars for b in chars for c in chars]
+    for tail in tails:
+        value = "212 555" + tail
+        assert phones._one_digit_last(value) is (regex.match(value) is not None), repr(value)
+    assert phones._one_digit_last("978-3-16-148410-0")
+    assert not phones._one_digit_last("0775 2212 211")
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("card 4111 1111 1111 1111 ok", [("CREDIT_CARD", "4111 1111 1111 1111")]),
+        ("card 4111111111111111", [("CREDIT_CARD", "4111111111111111")]),
+        ("card 4111.1111.1111.1111", [("CREDIT_CARD", "4111.1111.1111.1111")]),
+        ("card 4111  1111  1111  1111", [("CREDIT_CARD", "4111  1111  1111  1111")]),
+        # Runs too short for a card: the look-ahead turns them away, other shapes still match.
+        ("ssn 078-05-1120 only", [("US_SSN", "078-05-1120")]),
+        ("host 10.1.2.3 only", [("IP_ADDRESS", "10.1.2.3")]),
+        ("ref 4111 1111 111", []),
+    ],
+)
+def test_card_look_ahead_keeps_cards_and_short_runs(
+    text: str, found: list[tuple[str, str]]
+) -> None:
+    detector = PIIDetector(["CREDIT_CARD", "US_SSN", "IP_ADDRESS"])
+    assert [(f.entity_type, f.text) for f in detector.detect(text)] == found
