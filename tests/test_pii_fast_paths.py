@@ -324,3 +324,83 @@ def test_card_look_ahead_keeps_cards_and_short_runs(
 ) -> None:
     detector = PIIDetector(["CREDIT_CARD", "US_SSN", "IP_ADDRESS"])
     assert [(f.entity_type, f.text) for f in detector.detect(text)] == found
+
+
+CONTEXT_PIECES = [
+    "Date of Birth:",
+    "DOB",
+    "d.o.b.",
+    "born on",
+    "reborn",
+    "BIRTHDAY",
+    "geboren am",
+    "nacido el",
+    "Nacimiento",
+    "naissance",
+    "passport no",
+    "PASSPORT",
+    "Pasaporte",
+    "passeport",
+    "Reisepass",
+    "password",
+    "driver's license",
+    "Drivers  Licence",
+    "driving licence",
+    "DL",
+    "DLN",
+    "dl",
+    "license number",
+    "licence #",
+    "X1234567",
+    "17/06/1976",
+    "April 12, 1990",
+    "D1234-5678",
+    "dlx",
+    ",",
+    ".",
+    "\n",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_anchored_context_search_agrees_with_finditer(seed: int) -> None:
+    from llm_middleware.pii import context
+
+    rng = random.Random(seed)
+    patterns = [
+        (context._BIRTH, context._BIRTH_HINTS),
+        (context._PASSPORT, context._PASSPORT_ANCHORS),
+        (context._LICENSE, context._LICENSE_ANCHORS),
+    ]
+    matched = 0
+    for _ in range(300):
+        text = " ".join(rng.choice(CONTEXT_PIECES) for _ in range(rng.randint(1, 12)))
+        for pattern, anchors in patterns:
+            expected = [m.span() for m in pattern.finditer(text)]
+            got = [m.span() for m in context._anchored(text, text.lower(), pattern, anchors)]
+            assert got == expected, (text, pattern.pattern)
+            matched += len(expected)
+    assert matched > 300  # the pieces do hold contexts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Date of Birth: April 12, 1990. Passport: X1234567. DL D1234-5678.",
+        "DOB 03/15/1989, driver's license D1234567",
+        # Not ASCII: the plain case-insensitive search over the whole text decides.
+        "Date of Birth \u2014 17/06/1976, passport X1234567, driver's license D1234567",
+        "caf\u00e9 DOB 17/06/1976",
+        "n\u00e9 le 17/06/1976",
+        "nothing here 17/06/1976",
+    ],
+)
+def test_in_context_finds_what_the_plain_search_finds(text: str) -> None:
+    from llm_middleware.pii import context
+
+    plain = (
+        [("DATE_OF_BIRTH", s, e) for s, e in context._dates_of_birth(text)]
+        + [("PASSPORT", s, e) for s, e in context._passports(text)]
+        + [("US_DRIVER_LICENSE", s, e) for s, e in context._driver_licenses(text)]
+    )
+    assert context.find_in_context(text) == plain

@@ -47,10 +47,15 @@ _CLAUSE_BREAK = re.compile(r"[,;!?\n]|\.\s+[A-Z]")
 
 
 def _near(
-    text: str, context: re.Pattern[str], value: re.Pattern[str], after: int, before: int
+    text: str,
+    context: re.Pattern[str],
+    value: re.Pattern[str],
+    after: int,
+    before: int,
+    contexts: Iterator[re.Match[str]] | None = None,
 ) -> Iterator[Span]:
     seen = -1
-    for c in context.finditer(text):
+    for c in context.finditer(text) if contexts is None else contexts:
         for m in value.finditer(text, c.end(), min(len(text), c.end() + after)):
             if m.start() >= seen and _CLAUSE_BREAK.search(text, c.end(), m.start()) is None:
                 seen = m.end()
@@ -70,6 +75,32 @@ def _near(
 # a hint may pass where the context regex then finds nothing ("pass" in "password").
 _BIRTH_HINTS = ("born", "birth", "dob", "d.o.b", "geboren", "né", "naci", "naissance")
 _PASSPORT_HINTS = ("pass", "pasa")
+# What every match of a context regex starts with, lower-cased (each _BIRTH alternative starts
+# with a birth hint).
+_PASSPORT_ANCHORS = ("pass", "pasa", "reisepass")
+_LICENSE_ANCHORS = ("driv", "dl", "licen")
+
+
+def _anchored(
+    text: str, low: str, context: re.Pattern[str], anchors: tuple[str, ...]
+) -> Iterator[re.Match[str]]:
+    """``context.finditer(text)`` for an ASCII ``text`` (``low`` is its lower-cased copy, in
+    which a case-insensitive match is a plain equality): the regex is tried only where one of
+    ``anchors`` starts, instead of at every character (a case-insensitive alternation costs
+    tens of nanoseconds a character: 100 µs on a 600-character profile)."""
+    starts: list[int] = []
+    for anchor in anchors:
+        i = low.find(anchor)
+        while i != -1:
+            starts.append(i)
+            i = low.find(anchor, i + 1)
+    starts.sort()
+    match = context.match
+    end = 0
+    for i in starts:
+        if i >= end and (m := match(text, i)) is not None:
+            end = m.end()
+            yield m
 
 
 def _any_in(text: str, words: tuple[str, ...]) -> bool:
@@ -132,17 +163,21 @@ def find_in_context_with_digits(text: str) -> list[tuple[str, int, int]]:
     else:
         low = _hint_text(text)
     found: list[tuple[str, int, int]] = []
+    # Up to _LONG_TEXT characters ``low`` is the whole text lower-cased; when it is ASCII,
+    # positions in both agree and case-insensitive matching is lower-case equality.
+    aligned = low if len(text) <= _LONG_TEXT and text.isascii() else None
     if _any_in(low, _BIRTH_HINTS):
-        found.extend(("DATE_OF_BIRTH", s, e) for s, e in _dates_of_birth(text))
+        found.extend(("DATE_OF_BIRTH", s, e) for s, e in _dates_of_birth(text, aligned))
     if _any_in(low, _PASSPORT_HINTS):
-        found.extend(("PASSPORT", s, e) for s, e in _passports(text))
+        found.extend(("PASSPORT", s, e) for s, e in _passports(text, aligned))
     if _has_license_hint(text, low):
-        found.extend(("US_DRIVER_LICENSE", s, e) for s, e in _driver_licenses(text))
+        found.extend(("US_DRIVER_LICENSE", s, e) for s, e in _driver_licenses(text, aligned))
     return found
 
 
-def _dates_of_birth(text: str) -> Iterator[Span]:
-    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE)
+def _dates_of_birth(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _BIRTH, _BIRTH_HINTS)
+    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE, contexts)
 
 
 def find_dates_of_birth(text: str) -> Iterator[Span]:
@@ -163,12 +198,14 @@ _LICENSE = re.compile(
 _DOC_AFTER = 30
 
 
-def _passports(text: str) -> Iterator[Span]:
-    return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0)
+def _passports(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _PASSPORT, _PASSPORT_ANCHORS)
+    return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0, contexts)
 
 
-def _driver_licenses(text: str) -> Iterator[Span]:
-    return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0)
+def _driver_licenses(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _LICENSE, _LICENSE_ANCHORS)
+    return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0, contexts)
 
 
 def find_passports(text: str) -> Iterator[Span]:
