@@ -404,3 +404,82 @@ def test_in_context_finds_what_the_plain_search_finds(text: str) -> None:
         + [("US_DRIVER_LICENSE", s, e) for s, e in context._driver_licenses(text)]
     )
     assert context.find_in_context(text) == plain
+
+
+PHONE_WORDS = [
+    "phone",
+    "Telephone",
+    "tel",
+    "TEL.",
+    "tele",
+    "tlf",
+    "tf.",
+    "recall",
+    "Call",
+    "mobile",
+    "automobile",
+    "cellar",
+    "fax",
+    "dial",
+    "WhatsApp",
+    "whats app",
+    "sms",
+    "movil",
+    "llamar",
+    "portable",
+    "handy",
+    "ruf",
+    "appel",
+    "numbers",
+    "numeros",
+    "numeri",
+    "Nummern",
+    "contact",
+    "reach",
+    "my",
+    "My new number",
+    "your work number",
+    "their number",
+    "other",
+    "hour",
+    "number",
+    "account",
+    "card:",
+    "\n",
+    "x" * 30,
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_phone_context_agrees_with_the_plain_search(seed: int) -> None:
+    from llm_middleware.pii import phones
+
+    rng = random.Random(seed)
+    hits = misses = 0
+    for _ in range(400):
+        text = " ".join(rng.choice(PHONE_WORDS) for _ in range(rng.randint(1, 3))) + " "
+        start = len(text)
+        text += "5550132"
+        window = text[max(0, start - phones._CONTEXT_WINDOW) : start]
+        expected = phones._CONTEXT.search(window, window.rfind("\n") + 1) is not None
+        assert phones._context_before(text, start) is expected, text
+        hits += expected
+        misses += not expected
+    assert hits > 20 and misses > 20
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("tel\u00e9fono 5550132", "5550132"),  # not ASCII: the plain search decides
+        ("m\u00f3vil 5550132", "5550132"),
+        ("caf\u00e9 recall 5550132", None),
+        ("recall 5550132", None),
+        ("Tf. 5550132", "5550132"),
+        ("my new number 5550132", "5550132"),
+        ("my other 5550132", None),
+    ],
+)
+def test_bare_numbers_after_phone_words(text: str, phone: str | None) -> None:
+    found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
+    assert found == ([phone] if phone else [])

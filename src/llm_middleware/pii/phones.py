@@ -143,10 +143,27 @@ def intl_phone_valid(digits: str) -> bool:
     return len(national) >= 6
 
 
+# How every match of _CONTEXT starts in an ASCII text, lower-cased ("tel" for "tel", "tele",
+# "tel."; "num" for "numbers", "numeros", "numeri", "nummern" and "... number").
+_CONTEXT_STARTS = re.compile(
+    r"phone|tel|tlf|tf\.|call|mobil|cell|fax|dial|whats|sms|movil|llam|portable|handy|ruf"
+    r"|appel|num|contact|reach|my|your|his|her|our|their"
+)
+
+
 def _context_before(text: str, start: int) -> bool:
     lowest = max(0, start - _CONTEXT_WINDOW)
     window = text[lowest:start]
     cut = window.rfind("\n")
+    if window.isascii():
+        # _CONTEXT tries some thirty case-insensitive alternatives at each character (5 us
+        # on a 13-character window without a match); its matches start where one of these
+        # literals starts in the lower-cased window (positions agree in ASCII), found by a
+        # fast scan: no such literal, no match; else the search starts there.
+        first = _CONTEXT_STARTS.search(window.lower(), cut + 1)
+        if first is None:
+            return False
+        cut = first.start() - 1
     return _CONTEXT.search(window, cut + 1) is not None
 
 
@@ -221,19 +238,8 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         if digits.startswith("123456789"):
             return False  # a placeholder ("123456789", "1234567890"), not a number to protect
         return n <= 11 and _context_before(text, start)
-    if not _lead_plausible(value, digits, groups):
-        return False
-    if _one_digit_last(value):
-        return False
-    if _NOT_A_PHONE.match(value) or (
-        # Thousands ("1,234,567") have 1-3 digits, then groups of three.
-        len(groups[0]) <= 3
-        and len(groups) > 1
-        and len(groups[1]) == 3
-        and _THOUSANDS.fullmatch(value)
-        and not _context_before(text, start)
-    ):
-        return False
+    # The shapes told from the groups alone first: most windows of a longer run (a card, an
+    # IBAN) fail one of them, before the regex calls below.
     for group in groups[1:]:
         if len(group) == 1:
             return False  # "1 2 3 4 5", ISBNs: counting, not dialling
@@ -248,6 +254,20 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         and len(groups[-1]) != 3
     ):
         return False  # part of a card number, or one cut short ("1234 5678 90")
+    if not _lead_plausible(value, digits, groups):
+        return False
+    if _one_digit_last(value):
+        return False
+    if _NOT_A_PHONE.match(value) or (
+        # Thousands ("1,234,567") have 1-3 digits, then groups of three.
+        len(groups[0]) <= 3
+        and len(groups) > 1
+        and len(groups[1]) == 3
+        and value[-4] in "., "  # the separator before a last group of three
+        and _THOUSANDS.fullmatch(value)
+        and not _context_before(text, start)
+    ):
+        return False
     if _not_phone_label(text, start):
         return False
     if value.count(".") >= 3 and _IPV4_LED.match(value):
@@ -380,7 +400,7 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
     # Digits before each chunk: windows with too few or too many digits are never tried.
     before = [0]
     for a, b in chunks:
-        before.append(before[-1] + sum(c.isdigit() for c in value[a:b]))
+        before.append(before[-1] + sum(map(str.isdigit, value[a:b])))
     i = 0
     while i < len(chunks):
         first = chunks[i][0]
