@@ -483,3 +483,46 @@ def test_phone_context_agrees_with_the_plain_search(seed: int) -> None:
 def test_bare_numbers_after_phone_words(text: str, phone: str | None) -> None:
     found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
     assert found == ([phone] if phone else [])
+
+
+SSN_WORDS = ["SSN", "ssns", "SS#", "Social  Security", "social", "ITIN", "itinerary", "class",
+             "assn", "no.", ". Next", "\n", "number", "is", "x" * 25]  # fmt: skip
+
+
+def _ssn_context_reference(text: str, start: int) -> bool:
+    lowest = max(0, start - det._SSN_CONTEXT_WINDOW - 20)
+    return any(
+        start - c.end() <= det._SSN_CONTEXT_WINDOW
+        and det._SENTENCE_BREAK.search(text, c.end(), start) is None
+        for c in det._SSN_CONTEXT.finditer(text, lowest, start)
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ssn_context_gate_agrees_with_the_regex(seed: int) -> None:
+    rng = random.Random(seed)
+    hits = misses = 0
+    for _ in range(400):
+        text = " ".join(rng.choice(SSN_WORDS) for _ in range(rng.randint(1, 5))) + " "
+        start = len(text)
+        text += "078 05 1120"
+        expected = _ssn_context_reference(text, start)
+        assert det._ssn_context_near(text, start) is expected, text
+        hits += expected
+        misses += not expected
+    assert hits > 20 and misses > 20
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("SSN 078 05 1120", ["078 05 1120"]),
+        ("Social Security: 078051120", ["078051120"]),
+        ("n\u00famero ITIN 912 70 1234", ["912 70 1234"]),  # not ASCII: the regex decides
+        ("ref 078 05 1120", []),  # a spaced SSN shape without its word
+        ("order 078051120", []),
+        ("\u00e9t\u00e9 078051120", []),
+    ],
+)
+def test_ssn_shapes_need_their_word(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["US_SSN"]).detect(text)] == found
