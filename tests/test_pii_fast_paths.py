@@ -447,6 +447,17 @@ PHONE_WORDS = [
     "card:",
     "\n",
     "x" * 30,
+    # Not ASCII: lower-cased copies that keep positions, and the characters that do not.
+    "Tel\u00e9fono",
+    "T\u00c9L.",
+    "M\u00f3vil",
+    "N\u00daMEROS",
+    "n\u00fcmeros",
+    "\u017fms",  # long s: the case-insensitive regex reads "sms"
+    "mob\u0131le",  # dotless i: "mobile"
+    "\u0130stanbul",  # lower() makes two characters of it
+    "\u212aontakt",  # Kelvin sign, lower-cased to "k"
+    "caf\u00e9",
 ]
 
 
@@ -468,9 +479,22 @@ def test_phone_context_agrees_with_the_plain_search(seed: int) -> None:
     assert hits > 20 and misses > 20
 
 
+def test_lower_aligned() -> None:
+    from llm_middleware.pii.context import lower_aligned
+
+    assert lower_aligned("Call ME") == "call me"
+    assert lower_aligned("T\u00c9L\u00c9FONO") == "t\u00e9l\u00e9fono"
+    assert lower_aligned("\u212aontakt") == "kontakt"
+    assert lower_aligned("\u017fms") is None  # "ſ" matches "s" case-insensitively
+    assert lower_aligned("mob\u0131le") is None  # "ı" matches "i"
+    assert lower_aligned("\u0130stanbul") is None  # two characters once lower-cased
+
+
 @pytest.mark.parametrize(
     ("text", "phone"),
     [
+        ("\u017fms 5550132", "5550132"),  # the regex reads "sms"
+        ("mob\u0131le 5550132", "5550132"),
         ("tel\u00e9fono 5550132", "5550132"),  # not ASCII: the plain search decides
         ("m\u00f3vil 5550132", "5550132"),
         ("caf\u00e9 recall 5550132", None),

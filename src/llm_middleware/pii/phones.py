@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from .context import lower_aligned
+
 __all__ = ["calling_code", "find_phones", "intl_phone_valid", "nanp_valid"]
 
 _NON_DIGITS = re.compile(r"[^0-9]+")
@@ -143,11 +145,11 @@ def intl_phone_valid(digits: str) -> bool:
     return len(national) >= 6
 
 
-# How every match of _CONTEXT starts in an ASCII text, lower-cased ("tel" for "tel", "tele",
-# "tel."; "num" for "numbers", "numeros", "numeri", "nummern" and "... number").
+# How every match of _CONTEXT starts, lower-cased ("tel" for "tel", "tele", "tel."; "num"
+# for "numbers", "numéros", "numeri", "nummern" and "... number").
 _CONTEXT_STARTS = re.compile(
-    r"phone|tel|tlf|tf\.|call|mobil|cell|fax|dial|whats|sms|movil|llam|portable|handy|ruf"
-    r"|appel|num|contact|reach|my|your|his|her|our|their"
+    r"phone|t[eé]l|tlf|tf\.|call|mobil|cell|fax|dial|whats|sms|m[oó]vil|llam|portable|handy"
+    r"|ruf|appel|n[uúùü]m|contact|reach|my|your|his|her|our|their"
 )
 
 
@@ -155,12 +157,13 @@ def _context_before(text: str, start: int) -> bool:
     lowest = max(0, start - _CONTEXT_WINDOW)
     window = text[lowest:start]
     cut = window.rfind("\n")
-    if window.isascii():
+    low = lower_aligned(window)
+    if low is not None:
         # _CONTEXT tries some thirty case-insensitive alternatives at each character (5 us
         # on a 13-character window without a match); its matches start where one of these
-        # literals starts in the lower-cased window (positions agree in ASCII), found by a
-        # fast scan: no such literal, no match; else the search starts there.
-        first = _CONTEXT_STARTS.search(window.lower(), cut + 1)
+        # literals starts in the lower-cased window (same positions), found by a fast
+        # scan: no such literal, no match; else the search starts there.
+        first = _CONTEXT_STARTS.search(low, cut + 1)
         if first is None:
             return False
         cut = first.start() - 1
