@@ -510,7 +510,8 @@ def test_bare_numbers_after_phone_words(text: str, phone: str | None) -> None:
 
 
 SSN_WORDS = ["SSN", "ssns", "SS#", "Social  Security", "social", "ITIN", "itinerary", "class",
-             "assn", "no.", ". Next", "\n", "number", "is", "x" * 25]  # fmt: skip
+             "assn", "no.", ". Next", "\n", "number", "is", "x" * 25, "n\u00famero",
+             "\u017fsn", "SOCIAL \u017fECURITY", "\u0131t\u0131n", "\u0130TIN"]  # fmt: skip
 
 
 def _ssn_context_reference(text: str, start: int) -> bool:

@@ -266,13 +266,12 @@ def _ssn_plausible(digits: str) -> bool:
 def _ssn_context_near(text: str, start: int) -> bool:
     # A context word ("ssn", "social security") shortly before the number, same sentence.
     lowest = max(0, start - _SSN_CONTEXT_WINDOW - 20)
-    if text.isascii():
-        # Every match holds "ss", "social" or "itin" (lower-cased, as the case-insensitive
-        # regex compares ASCII); without one, the regex (3 us over 50 characters, for every
-        # nine-digit number) cannot match.
-        near = text[lowest:start].lower()
-        if "ss" not in near and "social" not in near and "itin" not in near:
-            return False
+    # Every match holds "ss", "social" or "itin" in the lower-cased window (when that copy
+    # is aligned, see context.lower_aligned); without one, the regex (3 us over 50
+    # characters, for every nine-digit number) cannot match.
+    near = context.lower_aligned(text[lowest:start])
+    if near is not None and "ss" not in near and "social" not in near and "itin" not in near:
+        return False
     return any(
         start - c.end() <= _SSN_CONTEXT_WINDOW
         and _SENTENCE_BREAK.search(text, c.end(), start) is None
