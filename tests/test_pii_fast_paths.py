@@ -180,6 +180,9 @@ def test_glued_after_agrees_with_its_regex() -> None:
         ("ZIP 415-555-0132", None),
         ("\u017fku 2031-884-1120", None),  # long s: the regex matches it as "sku"
         ("R\u00e9f.: sku 2031-884-1120", None),  # non-ASCII window: the regex decides
+        ("pedido n\u00famero, order no. 415-555-0132", None),
+        ("Tel\u00e9fono de la oficina 415-555-0132", "415-555-0132"),  # no label in it
+        ("\u0130zmir order no. 415-555-0132", None),  # lower() lengthens "İ": the regex
         ("call 415-555-0132", "415-555-0132"),
         ("caf\u00e9 phone 415-555-0132", "415-555-0132"),  # non-ASCII window, no label
         ("order no. 12, call 415-555-0132", "415-555-0132"),  # a phone word after the label

@@ -84,7 +84,7 @@ _LICENSE_ANCHORS = ("driv", "dl", "licen")
 
 # Characters the case-insensitive regex engine equates with a lower-case letter although
 # str.lower() does not map them to it: "ı" and "İ" with "i", "ſ" with "s".
-_FOLDED_APART = ("\u0131", "\u0130", "\u017f")
+_FOLDED_APART = re.compile("[\u0130\u0131\u017f]")
 
 
 def lower_aligned(text: str, low: str | None = None) -> str | None:
@@ -96,7 +96,7 @@ def lower_aligned(text: str, low: str | None = None) -> str | None:
         low = text.lower()
     if text.isascii():
         return low
-    if len(low) != len(text) or any(map(text.__contains__, _FOLDED_APART)):
+    if len(low) != len(text) or _FOLDED_APART.search(text) is not None:
         return None
     return low
 

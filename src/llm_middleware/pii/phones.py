@@ -198,9 +198,11 @@ def _may_hold_label(low: str) -> bool:
 
 def _not_phone_label(text: str, start: int) -> bool:
     window = text[max(0, start - _LABEL_WINDOW) : start]
-    # In an ASCII window, lower-casing is exact: without a label's substring, the
-    # case-insensitive regex (microseconds per window) cannot match.
-    if window.isascii() and not _may_hold_label(window.lower()):
+    # In an aligned lower-cased copy (any ASCII window, most others: see lower_aligned),
+    # without a label's substring the case-insensitive regex (microseconds per window)
+    # cannot match.
+    low = lower_aligned(window)
+    if low is not None and not _may_hold_label(low):
         return False
     labels = _NOT_PHONE_LABEL.findall(window)
     if not labels:
