@@ -180,6 +180,9 @@ def test_glued_after_agrees_with_its_regex() -> None:
         ("ZIP 415-555-0132", None),
         ("\u017fku 2031-884-1120", None),  # long s: the regex matches it as "sku"
         ("R\u00e9f.: sku 2031-884-1120", None),  # non-ASCII window: the regex decides
+        ("pedido n\u00famero, order no. 415-555-0132", None),
+        ("Tel\u00e9fono de la oficina 415-555-0132", "415-555-0132"),  # no label in it
+        ("\u0130zmir order no. 415-555-0132", None),  # lower() lengthens "İ": the regex
         ("call 415-555-0132", "415-555-0132"),
         ("caf\u00e9 phone 415-555-0132", "415-555-0132"),  # non-ASCII window, no label
         ("order no. 12, call 415-555-0132", "415-555-0132"),  # a phone word after the label
@@ -254,3 +257,300 @@ def test_around_threshold() -> None:
     over = "-" + at_limit[:-1]
     assert over.count("-") == limit + 1
     assert det._around(over, "-") is over
+
+
+# --------------------------------------------------------------------------- cheaper pieces
+
+
+def test_finding_keeps_the_frozen_dataclass_behaviour() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    made = det.Finding("US_SSN", 4, 15, "078-05-1120", 0.85)
+    by_name = det.Finding(entity_type="US_SSN", start=4, end=15, text="078-05-1120", score=0.85)
+    assert made == by_name and hash(made) == hash(by_name)
+    assert (made.entity_type, made.start, made.end, made.text, made.score) == (
+        "US_SSN",
+        4,
+        15,
+        "078-05-1120",
+        0.85,
+    )
+    assert made != det.Finding("US_SSN", 4, 15, "078-05-1120", 0.7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.start = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        det.Finding("US_SSN", 4, 15, "078-05-1120")  # type: ignore[call-arg]
+    assert "078" not in repr(made) and "start=4" in repr(made)
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert copy.copy(made) == made
+    assert dataclasses.replace(made, score=0.5).score == 0.5
+    assert [f.name for f in dataclasses.fields(made)] == [
+        "entity_type",
+        "start",
+        "end",
+        "text",
+        "score",
+    ]
+    assert not hasattr(made, "__dict__")
+
+
+def test_one_digit_last_agrees_with_the_regex_it_replaced() -> None:
+    from llm_middleware.pii import phones
+
+    regex = re.compile(r".*[ ./-]\d\Z")
+    chars = ["1", "0", "٣", "²", " ", ".", "/", "-", "\u00a0", "(", ")", "x"]
+    tails = [a + b + c for a in chars for b in chars for c in chars]
+    for tail in tails:
+        value = "212 555" + tail
+        assert phones._one_digit_last(value) is (regex.match(value) is not None), repr(value)
+    assert phones._one_digit_last("978-3-16-148410-0")
+    assert not phones._one_digit_last("0775 2212 211")
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("card 4111 1111 1111 1111 ok", [("CREDIT_CARD", "4111 1111 1111 1111")]),
+        ("card 4111111111111111", [("CREDIT_CARD", "4111111111111111")]),
+        ("card 4111.1111.1111.1111", [("CREDIT_CARD", "4111.1111.1111.1111")]),
+        ("card 4111  1111  1111  1111", [("CREDIT_CARD", "4111  1111  1111  1111")]),
+        # Runs too short for a card: the look-ahead turns them away, other shapes still match.
+        ("ssn 078-05-1120 only", [("US_SSN", "078-05-1120")]),
+        ("host 10.1.2.3 only", [("IP_ADDRESS", "10.1.2.3")]),
+        ("ref 4111 1111 111", []),
+    ],
+)
+def test_card_look_ahead_keeps_cards_and_short_runs(
+    text: str, found: list[tuple[str, str]]
+) -> None:
+    detector = PIIDetector(["CREDIT_CARD", "US_SSN", "IP_ADDRESS"])
+    assert [(f.entity_type, f.text) for f in detector.detect(text)] == found
+
+
+CONTEXT_PIECES = [
+    "Date of Birth:",
+    "DOB",
+    "d.o.b.",
+    "born on",
+    "reborn",
+    "BIRTHDAY",
+    "geboren am",
+    "nacido el",
+    "Nacimiento",
+    "naissance",
+    "passport no",
+    "PASSPORT",
+    "Pasaporte",
+    "passeport",
+    "Reisepass",
+    "password",
+    "driver's license",
+    "Drivers  Licence",
+    "driving licence",
+    "DL",
+    "DLN",
+    "dl",
+    "license number",
+    "licence #",
+    "X1234567",
+    "17/06/1976",
+    "April 12, 1990",
+    "D1234-5678",
+    "dlx",
+    ",",
+    ".",
+    "\n",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_anchored_context_search_agrees_with_finditer(seed: int) -> None:
+    from llm_middleware.pii import context
+
+    rng = random.Random(seed)
+    patterns = [
+        (context._BIRTH, context._BIRTH_HINTS),
+        (context._PASSPORT, context._PASSPORT_ANCHORS),
+        (context._LICENSE, context._LICENSE_ANCHORS),
+    ]
+    matched = 0
+    for _ in range(300):
+        text = " ".join(rng.choice(CONTEXT_PIECES) for _ in range(rng.randint(1, 12)))
+        for pattern, anchors in patterns:
+            expected = [m.span() for m in pattern.finditer(text)]
+            got = [m.span() for m in context._anchored(text, text.lower(), pattern, anchors)]
+            assert got == expected, (text, pattern.pattern)
+            matched += len(expected)
+    assert matched > 300  # the pieces do hold contexts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Date of Birth: April 12, 1990. Passport: X1234567. DL D1234-5678.",
+        "DOB 03/15/1989, driver's license D1234567",
+        # Not ASCII: the plain case-insensitive search over the whole text decides.
+        "Date of Birth \u2014 17/06/1976, passport X1234567, driver's license D1234567",
+        "caf\u00e9 DOB 17/06/1976",
+        "n\u00e9 le 17/06/1976",
+        "nothing here 17/06/1976",
+    ],
+)
+def test_in_context_finds_what_the_plain_search_finds(text: str) -> None:
+    from llm_middleware.pii import context
+
+    plain = (
+        [("DATE_OF_BIRTH", s, e) for s, e in context._dates_of_birth(text)]
+        + [("PASSPORT", s, e) for s, e in context._passports(text)]
+        + [("US_DRIVER_LICENSE", s, e) for s, e in context._driver_licenses(text)]
+    )
+    assert context.find_in_context(text) == plain
+
+
+PHONE_WORDS = [
+    "phone",
+    "Telephone",
+    "tel",
+    "TEL.",
+    "tele",
+    "tlf",
+    "tf.",
+    "recall",
+    "Call",
+    "mobile",
+    "automobile",
+    "cellar",
+    "fax",
+    "dial",
+    "WhatsApp",
+    "whats app",
+    "sms",
+    "movil",
+    "llamar",
+    "portable",
+    "handy",
+    "ruf",
+    "appel",
+    "numbers",
+    "numeros",
+    "numeri",
+    "Nummern",
+    "contact",
+    "reach",
+    "my",
+    "My new number",
+    "your work number",
+    "their number",
+    "other",
+    "hour",
+    "number",
+    "account",
+    "card:",
+    "\n",
+    "x" * 30,
+    # Not ASCII: lower-cased copies that keep positions, and the characters that do not.
+    "Tel\u00e9fono",
+    "T\u00c9L.",
+    "M\u00f3vil",
+    "N\u00daMEROS",
+    "n\u00fcmeros",
+    "\u017fms",  # long s: the case-insensitive regex reads "sms"
+    "mob\u0131le",  # dotless i: "mobile"
+    "\u0130stanbul",  # lower() makes two characters of it
+    "\u212aontakt",  # Kelvin sign, lower-cased to "k"
+    "caf\u00e9",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_phone_context_agrees_with_the_plain_search(seed: int) -> None:
+    from llm_middleware.pii import phones
+
+    rng = random.Random(seed)
+    hits = misses = 0
+    for _ in range(400):
+        text = " ".join(rng.choice(PHONE_WORDS) for _ in range(rng.randint(1, 3))) + " "
+        start = len(text)
+        text += "5550132"
+        window = text[max(0, start - phones._CONTEXT_WINDOW) : start]
+        expected = phones._CONTEXT.search(window, window.rfind("\n") + 1) is not None
+        assert phones._context_before(text, start) is expected, text
+        hits += expected
+        misses += not expected
+    assert hits > 20 and misses > 20
+
+
+def test_lower_aligned() -> None:
+    from llm_middleware.pii.context import lower_aligned
+
+    assert lower_aligned("Call ME") == "call me"
+    assert lower_aligned("T\u00c9L\u00c9FONO") == "t\u00e9l\u00e9fono"
+    assert lower_aligned("\u212aontakt") == "kontakt"
+    assert lower_aligned("\u017fms") is None  # "ſ" matches "s" case-insensitively
+    assert lower_aligned("mob\u0131le") is None  # "ı" matches "i"
+    assert lower_aligned("\u0130stanbul") is None  # two characters once lower-cased
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("\u017fms 5550132", "5550132"),  # the regex reads "sms"
+        ("mob\u0131le 5550132", "5550132"),
+        ("tel\u00e9fono 5550132", "5550132"),  # not ASCII: the plain search decides
+        ("m\u00f3vil 5550132", "5550132"),
+        ("caf\u00e9 recall 5550132", None),
+        ("recall 5550132", None),
+        ("Tf. 5550132", "5550132"),
+        ("my new number 5550132", "5550132"),
+        ("my other 5550132", None),
+    ],
+)
+def test_bare_numbers_after_phone_words(text: str, phone: str | None) -> None:
+    found = [f.text for f in PIIDetector(["PHONE_NUMBER"]).detect(text)]
+    assert found == ([phone] if phone else [])
+
+
+SSN_WORDS = ["SSN", "ssns", "SS#", "Social  Security", "social", "ITIN", "itinerary", "class",
+             "assn", "no.", ". Next", "\n", "number", "is", "x" * 25, "n\u00famero",
+             "\u017fsn", "SOCIAL \u017fECURITY", "\u0131t\u0131n", "\u0130TIN"]  # fmt: skip
+
+
+def _ssn_context_reference(text: str, start: int) -> bool:
+    lowest = max(0, start - det._SSN_CONTEXT_WINDOW - 20)
+    return any(
+        start - c.end() <= det._SSN_CONTEXT_WINDOW
+        and det._SENTENCE_BREAK.search(text, c.end(), start) is None
+        for c in det._SSN_CONTEXT.finditer(text, lowest, start)
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ssn_context_gate_agrees_with_the_regex(seed: int) -> None:
+    rng = random.Random(seed)
+    hits = misses = 0
+    for _ in range(400):
+        text = " ".join(rng.choice(SSN_WORDS) for _ in range(rng.randint(1, 5))) + " "
+        start = len(text)
+        text += "078 05 1120"
+        expected = _ssn_context_reference(text, start)
+        assert det._ssn_context_near(text, start) is expected, text
+        hits += expected
+        misses += not expected
+    assert hits > 20 and misses > 20
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("SSN 078 05 1120", ["078 05 1120"]),
+        ("Social Security: 078051120", ["078051120"]),
+        ("n\u00famero ITIN 912 70 1234", ["912 70 1234"]),  # not ASCII: the regex decides
+        ("ref 078 05 1120", []),  # a spaced SSN shape without its word
+        ("order 078051120", []),
+        ("\u00e9t\u00e9 078051120", []),
+    ],
+)
+def test_ssn_shapes_need_their_word(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["US_SSN"]).detect(text)] == found

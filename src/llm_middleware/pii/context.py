@@ -20,6 +20,7 @@ __all__ = [
     "find_uk_nino",
     "find_url_credentials",
     "find_urls",
+    "lower_aligned",
 ]
 
 Span = tuple[int, int]
@@ -47,10 +48,15 @@ _CLAUSE_BREAK = re.compile(r"[,;!?\n]|\.\s+[A-Z]")
 
 
 def _near(
-    text: str, context: re.Pattern[str], value: re.Pattern[str], after: int, before: int
+    text: str,
+    context: re.Pattern[str],
+    value: re.Pattern[str],
+    after: int,
+    before: int,
+    contexts: Iterator[re.Match[str]] | None = None,
 ) -> Iterator[Span]:
     seen = -1
-    for c in context.finditer(text):
+    for c in context.finditer(text) if contexts is None else contexts:
         for m in value.finditer(text, c.end(), min(len(text), c.end() + after)):
             if m.start() >= seen and _CLAUSE_BREAK.search(text, c.end(), m.start()) is None:
                 seen = m.end()
@@ -70,6 +76,51 @@ def _near(
 # a hint may pass where the context regex then finds nothing ("pass" in "password").
 _BIRTH_HINTS = ("born", "birth", "dob", "d.o.b", "geboren", "né", "naci", "naissance")
 _PASSPORT_HINTS = ("pass", "pasa")
+# What every match of a context regex starts with, lower-cased (each _BIRTH alternative starts
+# with a birth hint).
+_PASSPORT_ANCHORS = ("pass", "pasa", "reisepass")
+_LICENSE_ANCHORS = ("driv", "dl", "licen")
+
+
+# Characters the case-insensitive regex engine equates with a lower-case letter although
+# str.lower() does not map them to it: "ı" and "İ" with "i", "ſ" with "s".
+_FOLDED_APART = re.compile("[\u0130\u0131\u017f]")
+
+
+def lower_aligned(text: str, low: str | None = None) -> str | None:
+    """``text`` lower-cased (``low``, when given, is ``text.lower()``) if a case-insensitive
+    match of lower-case literals in ``text`` is, position for position, a plain match in
+    the copy: true of every ASCII text, and of others where lower() maps each character
+    to one and none of them is one that the regex engine folds differently; else None."""
+    if low is None:
+        low = text.lower()
+    if text.isascii():
+        return low
+    if len(low) != len(text) or _FOLDED_APART.search(text) is not None:
+        return None
+    return low
+
+
+def _anchored(
+    text: str, low: str, context: re.Pattern[str], anchors: tuple[str, ...]
+) -> Iterator[re.Match[str]]:
+    """``context.finditer(text)`` where ``low`` is ``lower_aligned(text)``, in which a
+    case-insensitive match is a plain equality: the regex is tried only where one of
+    ``anchors`` starts, instead of at every character (a case-insensitive alternation costs
+    tens of nanoseconds a character: 100 µs on a 600-character profile)."""
+    starts: list[int] = []
+    for anchor in anchors:
+        i = low.find(anchor)
+        while i != -1:
+            starts.append(i)
+            i = low.find(anchor, i + 1)
+    starts.sort()
+    match = context.match
+    end = 0
+    for i in starts:
+        if i >= end and (m := match(text, i)) is not None:
+            end = m.end()
+            yield m
 
 
 def _any_in(text: str, words: tuple[str, ...]) -> bool:
@@ -132,17 +183,20 @@ def find_in_context_with_digits(text: str) -> list[tuple[str, int, int]]:
     else:
         low = _hint_text(text)
     found: list[tuple[str, int, int]] = []
+    # Up to _LONG_TEXT characters ``low`` is the whole text lower-cased.
+    aligned = lower_aligned(text, low) if len(text) <= _LONG_TEXT else None
     if _any_in(low, _BIRTH_HINTS):
-        found.extend(("DATE_OF_BIRTH", s, e) for s, e in _dates_of_birth(text))
+        found.extend(("DATE_OF_BIRTH", s, e) for s, e in _dates_of_birth(text, aligned))
     if _any_in(low, _PASSPORT_HINTS):
-        found.extend(("PASSPORT", s, e) for s, e in _passports(text))
+        found.extend(("PASSPORT", s, e) for s, e in _passports(text, aligned))
     if _has_license_hint(text, low):
-        found.extend(("US_DRIVER_LICENSE", s, e) for s, e in _driver_licenses(text))
+        found.extend(("US_DRIVER_LICENSE", s, e) for s, e in _driver_licenses(text, aligned))
     return found
 
 
-def _dates_of_birth(text: str) -> Iterator[Span]:
-    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE)
+def _dates_of_birth(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _BIRTH, _BIRTH_HINTS)
+    return _near(text, _BIRTH, _DATE, _BIRTH_AFTER, _BIRTH_BEFORE, contexts)
 
 
 def find_dates_of_birth(text: str) -> Iterator[Span]:
@@ -163,12 +217,14 @@ _LICENSE = re.compile(
 _DOC_AFTER = 30
 
 
-def _passports(text: str) -> Iterator[Span]:
-    return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0)
+def _passports(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _PASSPORT, _PASSPORT_ANCHORS)
+    return _near(text, _PASSPORT, _DOC_NUMBER, _DOC_AFTER, 0, contexts)
 
 
-def _driver_licenses(text: str) -> Iterator[Span]:
-    return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0)
+def _driver_licenses(text: str, low: str | None = None) -> Iterator[Span]:
+    contexts = None if low is None else _anchored(text, low, _LICENSE, _LICENSE_ANCHORS)
+    return _near(text, _LICENSE, _LICENSE_NUMBER, _DOC_AFTER, 0, contexts)
 
 
 def find_passports(text: str) -> Iterator[Span]:

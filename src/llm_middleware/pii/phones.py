@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from .context import lower_aligned
+
 __all__ = ["calling_code", "find_phones", "intl_phone_valid", "nanp_valid"]
 
 _NON_DIGITS = re.compile(r"[^0-9]+")
@@ -78,13 +80,22 @@ _DATE = re.compile(
 _YEAR_LED = re.compile(r"(?:19|20)\d\d[./-]\d")
 _THOUSANDS = re.compile(r"\d{1,3}(?:([., ])\d{3})(?:\1\d{3})*")
 _ZIP4 = re.compile(r"\d{5}-\d{4}")
-# ISBN-like (a single digit last), SSN-like (also with a longer last group).
-_NOT_PHONE = re.compile(r".*[ ./-]\d|\d{3}([ -])\d\d\1\d+")
-# Dates, years, SSN / ZIP+4 / ISBN shapes (a dashed SSN also as the start), in one regex call.
+# SSN-like (also with a longer last group). ISBN-like values (a single digit last) are told
+# by _one_digit_last: as a regex branch (".*[ ./-]\d\Z") it cost half the call below.
+_NOT_PHONE = re.compile(r"\d{3}([ -])\d\d\1\d+")
+# Dates, years, SSN / ZIP+4 shapes (a dashed SSN also as the start), in one regex call.
 _NOT_A_PHONE = re.compile(
     rf"(?:{_DATE.pattern})|{_YEAR_LED.pattern}|\d{{3}}-\d\d-\d{{4}}(?!\d)"
     rf"|(?:{_ZIP4.pattern}|{_NOT_PHONE.pattern})\Z"
 )
+
+
+def _one_digit_last(value: str) -> bool:
+    """A last group of one digit after " ", ".", "/" or "-" ("978-3-16-148410-0")."""
+    # Candidates hold no line break, which the regex's "." would not have crossed.
+    return len(value) > 1 and value[-2] in " ./-" and value[-1].isdecimal()
+
+
 _IPV4_LED = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?![.\d])")
 _SSN_LED = re.compile(r"\d{3}-\d\d-\d{4}(?!\d)")
 _LOCAL_7 = re.compile(r"\d{3}[.-]\d{4}")
@@ -134,10 +145,28 @@ def intl_phone_valid(digits: str) -> bool:
     return len(national) >= 6
 
 
+# How every match of _CONTEXT starts, lower-cased ("tel" for "tel", "tele", "tel."; "num"
+# for "numbers", "numéros", "numeri", "nummern" and "... number").
+_CONTEXT_STARTS = re.compile(
+    r"phone|t[eé]l|tlf|tf\.|call|mobil|cell|fax|dial|whats|sms|m[oó]vil|llam|portable|handy"
+    r"|ruf|appel|n[uúùü]m|contact|reach|my|your|his|her|our|their"
+)
+
+
 def _context_before(text: str, start: int) -> bool:
     lowest = max(0, start - _CONTEXT_WINDOW)
     window = text[lowest:start]
     cut = window.rfind("\n")
+    low = lower_aligned(window)
+    if low is not None:
+        # _CONTEXT tries some thirty case-insensitive alternatives at each character (5 us
+        # on a 13-character window without a match); its matches start where one of these
+        # literals starts in the lower-cased window (same positions), found by a fast
+        # scan: no such literal, no match; else the search starts there.
+        first = _CONTEXT_STARTS.search(low, cut + 1)
+        if first is None:
+            return False
+        cut = first.start() - 1
     return _CONTEXT.search(window, cut + 1) is not None
 
 
@@ -169,9 +198,11 @@ def _may_hold_label(low: str) -> bool:
 
 def _not_phone_label(text: str, start: int) -> bool:
     window = text[max(0, start - _LABEL_WINDOW) : start]
-    # In an ASCII window, lower-casing is exact: without a label's substring, the
-    # case-insensitive regex (microseconds per window) cannot match.
-    if window.isascii() and not _may_hold_label(window.lower()):
+    # In an aligned lower-cased copy (any ASCII window, most others: see lower_aligned),
+    # without a label's substring the case-insensitive regex (microseconds per window)
+    # cannot match.
+    low = lower_aligned(window)
+    if low is not None and not _may_hold_label(low):
         return False
     labels = _NOT_PHONE_LABEL.findall(window)
     if not labels:
@@ -212,17 +243,8 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         if digits.startswith("123456789"):
             return False  # a placeholder ("123456789", "1234567890"), not a number to protect
         return n <= 11 and _context_before(text, start)
-    if not _lead_plausible(value, digits, groups):
-        return False
-    if _NOT_A_PHONE.match(value) or (
-        # Thousands ("1,234,567") have 1-3 digits, then groups of three.
-        len(groups[0]) <= 3
-        and len(groups) > 1
-        and len(groups[1]) == 3
-        and _THOUSANDS.fullmatch(value)
-        and not _context_before(text, start)
-    ):
-        return False
+    # The shapes told from the groups alone first: most windows of a longer run (a card, an
+    # IBAN) fail one of them, before the regex calls below.
     for group in groups[1:]:
         if len(group) == 1:
             return False  # "1 2 3 4 5", ISBNs: counting, not dialling
@@ -237,6 +259,20 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         and len(groups[-1]) != 3
     ):
         return False  # part of a card number, or one cut short ("1234 5678 90")
+    if not _lead_plausible(value, digits, groups):
+        return False
+    if _one_digit_last(value):
+        return False
+    if _NOT_A_PHONE.match(value) or (
+        # Thousands ("1,234,567") have 1-3 digits, then groups of three.
+        len(groups[0]) <= 3
+        and len(groups) > 1
+        and len(groups[1]) == 3
+        and value[-4] in "., "  # the separator before a last group of three
+        and _THOUSANDS.fullmatch(value)
+        and not _context_before(text, start)
+    ):
+        return False
     if _not_phone_label(text, start):
         return False
     if value.count(".") >= 3 and _IPV4_LED.match(value):
@@ -273,7 +309,8 @@ _LAST_GROUP = re.compile(r"(?:[ \u00a0]{0,2}[./-][ \u00a0]{0,2}|[ \u00a0]{1,2})\
 def _phone_end(text: str, start: int, value: str) -> int | None:
     """End of the phone at the start of ``value`` (trailing groups may be another number)."""
     while True:
-        intl = _intl_digits(value)
+        # Only "+", "(" or "0" can start an international prefix: no call for the others.
+        intl = _intl_digits(value) if value[0] in "+(0" else None
         if intl is not None:
             if intl_phone_valid(intl):
                 return start + len(value)
@@ -368,7 +405,7 @@ def _windows(text: str, start: int, value: str, whole: bool = False) -> Iterator
     # Digits before each chunk: windows with too few or too many digits are never tried.
     before = [0]
     for a, b in chunks:
-        before.append(before[-1] + sum(c.isdigit() for c in value[a:b]))
+        before.append(before[-1] + sum(map(str.isdigit, value[a:b])))
     i = 0
     while i < len(chunks):
         first = chunks[i][0]
