@@ -212,6 +212,53 @@ class NoopMiddleware:
         await self.app(scope, receive, send)
 
 
+def _once_receive() -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A request's ``receive``: the (empty) body, then nothing until the app stops listening, as
+    a server does while the client waits (Django's handler listens for a disconnect meanwhile
+    and cancels that once it answered)."""
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def django_asgi_caller(app: Any) -> Call:
+    async def call(case: Case) -> tuple[int, dict[str, str]]:
+        start: dict[str, Any] = {}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+
+        await app(asgi_scope(case.path, case.query), _once_receive(), send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+        return start.get("status", 0), headers
+
+    return call
+
+
+def django_asgi_driver(app: Any, case: Case) -> Driver:
+    template = asgi_scope(case.path, case.query)
+
+    async def run(n: int) -> list[int]:
+        clock = time.perf_counter_ns
+        times = [0] * n
+        for i in range(n):
+            scope = dict(template)
+            receive = _once_receive()
+            t0 = clock()
+            await app(scope, receive, _discard)
+            times[i] = clock() - t0
+        return times
+
+    return run
+
+
 # -- in-process: WSGI (plain, Flask, Django) -------------------------------------------------------
 
 
@@ -525,16 +572,32 @@ def bench_flask_inprocess(settings: Settings, provider_url: str) -> tuple[list[R
 
 
 def bench_django_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
-    """Django's settings are configured once, here, for the whole process."""
+    """Django's settings are configured once, here, for the whole process. Sync mode (WSGI
+    handler), then async mode (ASGI handler, async views) with an engine of its own."""
+    from llm_middleware.django import engine_from_settings
+
     apps = _apps.django_handlers(_apps.middleware_config(provider_url))
     subject = Subject("Django sync", apps, wsgi_driver, wsgi_caller, "no-op Django middleware")
+    rows, notes = _bench_sync_inprocess(subject, settings, engine_from_settings.get)
+    engine_from_settings.reset()  # the async handlers build (and close) their own engine
 
-    def engine() -> Any:
-        from llm_middleware.django import engine_from_settings
+    async def run_async() -> tuple[list[Row], list[str]]:
+        subject = Subject(
+            "Django async",
+            _apps.django_asgi_handlers(),
+            django_asgi_driver,
+            django_asgi_caller,
+            "no-op async Django middleware",
+        )
+        try:
+            rows, note = await compare_inprocess(subject, settings)
+            return rows, [note]
+        finally:
+            await engine_from_settings.get().aclose()
+            engine_from_settings.reset()
 
-        return engine_from_settings.get()
-
-    return _bench_sync_inprocess(subject, settings, engine)
+    async_rows, async_notes = asyncio.run(run_async())
+    return rows + async_rows, notes + async_notes
 
 
 def profile_asgi(provider_url: str, n: int) -> None:
