@@ -328,6 +328,81 @@ class NoopDjangoMiddleware:
         return self.get_response(request)
 
 
+# -- Django (async, ASGI handler) ----------------------------------------------------------------
+
+DJANGO_NOOP_ASYNC = "_apps.NoopAsyncDjangoMiddleware"
+
+
+class NoopAsyncDjangoMiddleware:
+    """The cheapest async Django middleware (as Django's docs write one): the floor any
+    middleware pays in an async handler."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        from asgiref.sync import markcoroutinefunction
+
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: Any) -> Any:
+        return await self.get_response(request)
+
+
+def django_asgi_handler(middleware: list[str]) -> Any:
+    """An ASGI handler (async mode: the middleware chain is awaited) with ``middleware``, whose
+    requests resolve to async views (``request.urlconf``: no thread hop for the view)."""
+    from django.conf import settings
+    from django.core.handlers.asgi import ASGIHandler
+
+    settings.MIDDLEWARE = middleware
+    handler = ASGIHandler()
+    handler.request_class = _async_views_request_class()
+    return handler
+
+
+def django_asgi_handlers() -> dict[str, Any]:
+    """In-process, after :func:`django_handlers` configured the settings: the bare, wrapped and
+    no-op-middleware ASGI handlers."""
+    return {
+        "bare": django_asgi_handler([]),
+        "wrapped": django_asgi_handler([DJANGO_MIDDLEWARE]),
+        "noop": django_asgi_handler([DJANGO_NOOP_ASYNC]),
+    }
+
+
+_ASYNC_REQUEST_CLASS: list[Any] = []
+
+
+def _async_views_request_class() -> Any:
+    if not _ASYNC_REQUEST_CLASS:
+        from django.core.handlers.asgi import ASGIRequest
+        from django.urls import path
+
+        # An object with ``urlpatterns`` is a URLconf; a class is hashable (get_resolver caches).
+        urls = type(
+            "AsyncViewsURLConf",
+            (),
+            {
+                "urlpatterns": [
+                    path("plain", _django_plain_async),
+                    path("search", _django_search_async),
+                ]
+            },
+        )
+        _ASYNC_REQUEST_CLASS.append(type("AsyncViewsRequest", (ASGIRequest,), {"urlconf": urls}))
+    return _ASYNC_REQUEST_CLASS[0]
+
+
+async def _django_plain_async(request: Any) -> Any:
+    return _django_response(b"plain")
+
+
+async def _django_search_async(request: Any) -> Any:
+    return _django_search(request)
+
+
 def _django_response(body: bytes, headers: dict[str, str] | None = None) -> Any:
     from django.http import HttpResponse
 

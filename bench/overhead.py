@@ -28,7 +28,8 @@ two), each round paired, reporting the median over rounds:
   unmatched path is measured for WSGI (the cache-hit target is judged in-process).
 
 Usage: ``python bench/overhead.py [--quick] [--only asgi,wsgi,flask,django] [--layers
-inprocess,sockets] [--profile] [--pin-cpus]``.
+inprocess,sockets,cpu,floor] [--profile] [--pin-cpus]``. ``floor``: the middleware call alone on
+an unmatched path, CPU ns over a no-op middleware of the same kind around an app that does nothing.
 """
 
 from __future__ import annotations
@@ -210,6 +211,60 @@ class NoopMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
+
+
+def _once_receive() -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A request's ``receive``: the (empty) body, then nothing until the app stops listening, as
+    a server does while the client waits (Django's handler listens for a disconnect meanwhile
+    and cancels that once it answered)."""
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def django_asgi_caller(app: Any) -> Call:
+    async def call(case: Case) -> tuple[int, dict[str, str]]:
+        start: dict[str, Any] = {}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+
+        await app(asgi_scope(case.path, case.query), _once_receive(), send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+        return start.get("status", 0), headers
+
+    return call
+
+
+def django_asgi_driver(handler: Any, case: Case) -> Driver:
+    """Django's async middleware chain and view, as its ASGI handler runs them
+    (``get_response_async``) on a request built beforehand. Not the handler's own ``__call__``:
+    that starts a thread per request (``ThreadSensitiveContext`` + ``sync_to_async(
+    response.close)``), about 1 ms whose spread on a loaded machine (wall-time rounds from 0.77x
+    to 1.34x between two identical no-op runs) hides all a middleware costs. The full handler
+    is what ``django_asgi_caller`` checks the answers through."""
+    template = asgi_scope(case.path, case.query)
+
+    async def run(n: int) -> list[int]:
+        clock = time.perf_counter_ns
+        times = [0] * n
+        get_response = handler.get_response_async
+        for i in range(n):
+            request = handler.request_class(dict(template), io.BytesIO(b""))
+            t0 = clock()
+            response = await get_response(request)
+            times[i] = clock() - t0
+            response.close()
+        return times
+
+    return run
 
 
 # -- in-process: WSGI (plain, Flask, Django) -------------------------------------------------------
@@ -525,16 +580,204 @@ def bench_flask_inprocess(settings: Settings, provider_url: str) -> tuple[list[R
 
 
 def bench_django_inprocess(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
-    """Django's settings are configured once, here, for the whole process."""
+    """Django's settings are configured once, here, for the whole process. Sync mode (WSGI
+    handler), then async mode (ASGI handler, async views) with an engine of its own."""
+    from llm_middleware.django import engine_from_settings
+
     apps = _apps.django_handlers(_apps.middleware_config(provider_url))
     subject = Subject("Django sync", apps, wsgi_driver, wsgi_caller, "no-op Django middleware")
+    rows, notes = _bench_sync_inprocess(subject, settings, engine_from_settings.get)
+    engine_from_settings.reset()  # the async handlers build (and close) their own engine
 
-    def engine() -> Any:
-        from llm_middleware.django import engine_from_settings
+    async def run_async() -> tuple[list[Row], list[str]]:
+        subject = Subject(
+            "Django async",
+            _apps.django_asgi_handlers(),
+            django_asgi_driver,
+            django_asgi_caller,
+            "no-op async Django middleware",
+        )
+        try:
+            rows, note = await compare_inprocess(subject, settings)
+            return rows, [note]
+        finally:
+            await engine_from_settings.get().aclose()
+            engine_from_settings.reset()
 
-        return engine_from_settings.get()
+    async_rows, async_notes = asyncio.run(run_async())
+    return rows + async_rows, notes + async_notes
 
-    return _bench_sync_inprocess(subject, settings, engine)
+
+# -- the middleware call alone: the unmatched path over a no-op middleware ------------------------
+
+FLOOR_BATCH = 20_000
+
+
+def floor_row(label: str, noop: list[float], wrapped: list[float]) -> Row:
+    """CPU ns per call, paired per round: what the unmatched path adds to a no-op middleware
+    of the same kind around an app that does nothing. Not judged (the target is a ratio of a
+    real app's time); it resolves tens of ns where an in-process ratio's rounds spread by
+    ±0.5 % of 10-100 µs."""
+    added = [w - n for n, w in zip(noop, wrapped, strict=True)]
+    spread = f"rounds p25–p75 {percentile(added, 25):+.0f}…{percentile(added, 75):+.0f}"
+    return Row(
+        [
+            label,
+            "call, CPU",
+            f"no-op {median(noop):.0f} ns",
+            f"{median(wrapped):.0f} ns",
+            f"{median(added):+.0f} ns per call ({spread})",
+            "(floor, not judged)",
+        ]
+    )
+
+
+def _floor_rounds(
+    batches: dict[str, Callable[[int], float]], settings: Settings
+) -> dict[str, list[float]]:
+    names = list(batches)
+    for name in names:
+        batches[name](FLOOR_BATCH // 10)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(max(9, settings.inproc_rounds)):
+        for name in rotation(names, r):
+            gc.collect()
+            results[name].append(batches[name](FLOOR_BATCH // (3 if settings is QUICK else 1)))
+    return results
+
+
+def _drive(coroutine: Any) -> None:
+    # (not contextlib.suppress: its enter/exit would be timed with every call)
+    try:  # noqa: SIM105
+        coroutine.send(None)
+    except StopIteration:
+        pass
+
+
+def _asgi_batch(middleware: Any) -> Callable[[int], float]:
+    template = asgi_scope(UNMATCHED.path, UNMATCHED.query)
+
+    def batch(n: int) -> float:
+        scopes = [dict(template) for _ in range(n)]
+        clock, drive = time.thread_time_ns, _drive
+        t0 = clock()
+        for scope in scopes:
+            drive(middleware(scope, _receive, _discard))
+        return (clock() - t0) / n
+
+    return batch
+
+
+def _wsgi_batch(middleware: Any) -> Callable[[int], float]:
+    template = wsgi_environ(UNMATCHED.path, UNMATCHED.query)
+
+    def batch(n: int) -> float:
+        environs = [dict(template) for _ in range(n)]
+        clock = time.thread_time_ns
+        t0 = clock()
+        for environ in environs:
+            middleware(environ, _start_response)
+        return (clock() - t0) / n
+
+    return batch
+
+
+def _django_batch(
+    middleware: Any, make_request: Callable[[], Any], mode: str
+) -> Callable[[int], float]:
+    def batch(n: int) -> float:
+        requests = [make_request() for _ in range(n)]
+        clock, drive = time.thread_time_ns, _drive
+        t0 = clock()
+        if mode == "sync":
+            for request in requests:
+                middleware(request)
+        else:
+            for request in requests:
+                drive(middleware(request))
+        return (clock() - t0) / n
+
+    return batch
+
+
+async def _nothing_asgi(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+def _nothing_wsgi(environ: Any, start_response: Any) -> Any:
+    return ()
+
+
+def bench_asgi_floor(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    from llm_middleware import LLMMiddleware
+
+    wrapped = LLMMiddleware(_nothing_asgi, config=_apps.middleware_config(provider_url))
+    try:
+        res = _floor_rounds(
+            {"noop": _asgi_batch(NoopMiddleware(_nothing_asgi)), "wrapped": _asgi_batch(wrapped)},
+            settings,
+        )
+    finally:
+        asyncio.run(wrapped.engine.aclose())
+    return [floor_row("ASGI middleware call, unmatched", res["noop"], res["wrapped"])], []
+
+
+def bench_wsgi_floor(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    wrapped = _apps.wrap_wsgi(_nothing_wsgi, _apps.middleware_config(provider_url))
+    noop = _apps.NoopWSGIMiddleware(_nothing_wsgi)
+    try:
+        res = _floor_rounds({"noop": _wsgi_batch(noop), "wrapped": _wsgi_batch(wrapped)}, settings)
+    finally:
+        _close_sync_engine(wrapped.engine)
+    label = "WSGI middleware call (plain, Flask), unmatched"
+    return [floor_row(label, res["noop"], res["wrapped"])], []
+
+
+def bench_django_floor(settings: Settings, provider_url: str) -> tuple[list[Row], list[str]]:
+    from django.conf import settings as django_settings
+
+    if not django_settings.configured:
+        _apps.setup_django(_apps.middleware_config(provider_url), [])
+    from django.core.handlers.asgi import ASGIRequest
+    from django.core.handlers.wsgi import WSGIRequest
+
+    from llm_middleware.django import LLMMiddleware, engine_from_settings
+
+    response = object()
+
+    def sync_view(request: Any) -> Any:
+        return response
+
+    async def async_view(request: Any) -> Any:
+        return response
+
+    environ = wsgi_environ(UNMATCHED.path, UNMATCHED.query)
+    scope = asgi_scope(UNMATCHED.path, UNMATCHED.query)
+    rows = []
+    try:
+        for mode, noop, view, make in (
+            ("sync", _apps.NoopDjangoMiddleware, sync_view, lambda: WSGIRequest(dict(environ))),
+            (
+                "async",
+                _apps.NoopAsyncDjangoMiddleware,
+                async_view,
+                lambda: ASGIRequest(dict(scope), io.BytesIO(b"")),
+            ),
+        ):
+            res = _floor_rounds(
+                {
+                    "noop": _django_batch(noop(view), make, mode),
+                    "wrapped": _django_batch(LLMMiddleware(view), make, mode),
+                },
+                settings,
+            )
+            rows.append(
+                floor_row(f"Django {mode} middleware call, unmatched", res["noop"], res["wrapped"])
+            )
+    finally:
+        _close_sync_engine(engine_from_settings.get())
+        engine_from_settings.reset()
+    return rows, []
 
 
 def profile_asgi(provider_url: str, n: int) -> None:
@@ -966,12 +1209,15 @@ BENCHMARKS: dict[tuple[str, str], Callable[[Settings, str], tuple[list[Row], lis
         blocking_loader,
         SYNC_CLIENTS,
     ),
+    ("asgi", "floor"): bench_asgi_floor,
+    ("wsgi", "floor"): bench_wsgi_floor,
+    ("django", "floor"): bench_django_floor,
     ("asgi", "cpu"): compare_cpu("ASGI Starlette", _cpu_asgi),
     ("wsgi", "cpu"): compare_cpu("WSGI plain", _cpu_wsgi),
     ("flask", "cpu"): compare_cpu("Flask", _cpu_flask),
 }
 FRAMEWORKS = ("asgi", "wsgi", "flask", "django")
-LAYERS = ("inprocess", "sockets", "cpu")
+LAYERS = ("inprocess", "sockets", "cpu", "floor")
 
 
 def _names(value: str, allowed: tuple[str, ...]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -178,3 +179,166 @@ def test_checks_are_registered_by_the_app_config() -> None:
     from django.core import checks
 
     assert check_settings in checks.registry.registry.registered_checks
+
+
+# -- the unmatched fast path (sync and async modes) ----------------------------------------------
+
+
+def _run(middleware: Any, request: HttpRequest) -> Any:
+    if iscoroutinefunction(middleware):
+        return asyncio.run(middleware(request))
+    return middleware(request)
+
+
+def _view(mode: str, seen: list[HttpRequest]) -> Any:
+    if mode == "sync":
+        return sync_view(seen)
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse("ok")
+
+    return view
+
+
+def _factory(mode: str) -> Any:
+    return RequestFactory() if mode == "sync" else AsyncRequestFactory()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_unmatched_sets_request_llm_and_keeps_an_earlier_value(config: Any, mode: str) -> None:
+    seen: list[HttpRequest] = []
+    earlier = object()
+    with settings(config):
+        middleware = LLMMiddleware(_view(mode, seen))
+        # Twice each: the first request of a class takes the general route, later ones the
+        # fast path.
+        for _ in range(2):
+            _run(middleware, _factory(mode).get("/elsewhere"))
+            owned = _factory(mode).get("/elsewhere")
+            owned.llm = earlier  # type: ignore[attr-defined]
+            _run(middleware, owned)
+            _run(middleware, _factory(mode).get("/search", {"q": "red shoes"}))
+    assert [getattr(r, "llm", "unset") for r in seen[0::3]] == [None, None]
+    assert [r.llm for r in seen[1::3]] == [earlier, earlier]  # type: ignore[attr-defined]
+    assert [r.llm.outcomes for r in seen[2::3]] == [  # type: ignore[attr-defined]
+        {"intent": "ok"},
+        {"intent": "cached"},
+    ]
+
+
+def _request(mode: str, path: str) -> HttpRequest:
+    """A GET request as a server hands it over (AsyncRequestFactory leaves a non-ASCII path
+    as latin-1 characters, where an ASGI server sends the decoded path)."""
+    if mode == "sync":
+        return RequestFactory().get(path)
+    from urllib.parse import unquote
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    scope = {"type": "http", "method": "GET", "path": unquote(path), "root_path": "",
+             "query_string": b"", "headers": [(b"host", b"testserver")]}  # fmt: skip
+    return ASGIRequest(scope, io.BytesIO(b""))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_unmatched_routes_like_the_matcher(config: Any, mode: str) -> None:
+    seen: list[HttpRequest] = []
+    config = {**config, "rules": [
+        *config["rules"],
+        {"path": "/caf\u00e9", "interceptors": config["rules"][0]["interceptors"]},
+        {"path": "/items/{id:int}", "interceptors": config["rules"][0]["interceptors"]},
+    ]}  # fmt: skip
+    paths = {
+        "/caf%C3%A9": True,  # path_info is decoded
+        "/items/3": True,
+        "/items/x": False,
+        "/cafe": False,
+        "/elsewhere": False,
+    }
+    with settings(config):
+        middleware = LLMMiddleware(_view(mode, seen))
+        for _ in range(2):
+            for path in paths:
+                _run(middleware, _request(mode, path))
+    assert [r.llm is not None for r in seen] == list(paths.values()) * 2  # type: ignore[attr-defined]
+
+
+def test_async_mode_is_the_coroutine_function_itself(config: Any) -> None:
+    import inspect
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    with settings(config):
+        async_middleware = LLMMiddleware(view)
+        sync_middleware = LLMMiddleware(sync_view([]))
+    assert isinstance(async_middleware, LLMMiddleware) and iscoroutinefunction(async_middleware)
+    assert inspect.iscoroutinefunction(type(async_middleware).__call__)
+    assert type(sync_middleware) is LLMMiddleware and not iscoroutinefunction(sync_middleware)
+
+
+def test_a_subclass_keeps_its_class_in_async_mode(config: Any) -> None:
+    seen: list[HttpRequest] = []
+
+    class Mine(LLMMiddleware):
+        pass
+
+    with settings(config):
+        middleware = Mine(_view("async", seen))
+        assert type(middleware) is Mine and iscoroutinefunction(middleware)
+        for path in ("/elsewhere", "/elsewhere", "/search"):
+            _run(middleware, AsyncRequestFactory().get(path, {"q": "red shoes"}))
+    assert [r.llm is None for r in seen] == [True, True, False]  # type: ignore[attr-defined]
+
+
+def test_async_mode_listed_twice_runs_once(config: Any, fault_server: FaultServer) -> None:
+    seen: list[HttpRequest] = []
+    with settings(config):
+        middleware = LLMMiddleware(LLMMiddleware(_view("async", seen)))
+        _run(middleware, AsyncRequestFactory().get("/search", {"q": "twice"}))
+    assert len(fault_server.requests) == 1 and seen[0].llm.outcomes == {"intent": "ok"}  # type: ignore[attr-defined]
+
+
+def test_request_classes_with_attribute_hooks_keep_the_general_route(config: Any) -> None:
+    """A request class whose ``llm`` is a property, or that has ``__getattr__``: the middleware
+    neither calls them nor lets them turn into an error; ``request.llm`` is set in the
+    instance's dict as on any request."""
+    from django.core.handlers.wsgi import WSGIRequest
+
+    from llm_middleware.django import _instance_dict_only
+
+    calls: list[str] = []
+
+    class WithProperty(WSGIRequest):
+        @property
+        def llm(self) -> Any:
+            calls.append("property")
+            raise RuntimeError("not to be read by the middleware")
+
+    class WithGetattr(WSGIRequest):
+        def __getattr__(self, name: str) -> Any:
+            calls.append(name)
+            raise AttributeError(name)
+
+    assert _instance_dict_only(WSGIRequest, "llm")
+    assert not _instance_dict_only(WithProperty, "llm")
+    assert not _instance_dict_only(WithGetattr, "llm")
+    seen: list[HttpRequest] = []
+    with settings(config):
+        middleware = LLMMiddleware(sync_view(seen))
+        for cls in (WithProperty, WithGetattr) * 2:
+            middleware(cls(RequestFactory().get("/elsewhere").environ))
+    assert calls == []
+    assert [r.__dict__["llm"] for r in seen] == [None] * 4
+
+
+def test_settings_override_rebuilds_the_fast_path(config: Any) -> None:
+    seen: list[HttpRequest] = []
+    middleware = LLMMiddleware(sync_view(seen))
+    with settings({**config, "result_attr": "ai"}):
+        middleware(RequestFactory().get("/elsewhere"))
+        middleware(RequestFactory().get("/elsewhere"))
+    with settings(config):
+        middleware(RequestFactory().get("/elsewhere"))
+    assert [sorted({"ai", "llm"} & r.__dict__.keys()) for r in seen] == [["ai"], ["ai"], ["llm"]]

@@ -291,3 +291,154 @@ def test_django_prefilter_keeps_matches(fault_server: FaultServer) -> None:
         assert request.llm is not None  # the engine ran: a result is attached
     for request in unmatched:
         assert request.llm is None
+
+
+# -- the adapters' unmatched fast paths route exactly as their general routes ---------------------
+
+_ABSENT = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "matched"),
+    [
+        ("/exact", "", True),
+        ("/exact", _ABSENT, True),  # root_path is optional in the ASGI spec
+        ("/api/exact", "/api", True),  # mounted: matched inside its mount point
+        ("/api/items/3", "/api", True),
+        ("/api/caf\u00e9", "/api", True),  # ASGI paths are already decoded
+        ("/caf\u00e9", _ABSENT, True),
+        ("/api/exact", _ABSENT, False),  # not mounted: the whole path counts
+        ("/other/exact", "/api", False),  # outside the mount point: the whole path counts
+        ("/api/items/x", "/api", False),
+        ("/cafe", "", False),
+        ("/elsewhere", _ABSENT, False),
+    ],
+)
+def test_asgi_fast_path_routes_inside_root_path(
+    fault_server: FaultServer, path: str, root_path: object, matched: bool
+) -> None:
+    from llm_middleware.asgi import SCOPE_MARK
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    middleware = LLMMiddleware(app, config=_prefilter_config(fault_server.url))
+    scope: dict[str, Any] = {"type": "http", "method": "GET", "path": path, "headers": [],
+                             "query_string": b""}  # fmt: skip
+    if root_path is not _ABSENT:
+        scope["root_path"] = root_path
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    asyncio.run(middleware(scope, receive, None))  # type: ignore[arg-type]
+    assert len(seen) == 1 and (SCOPE_MARK in seen[0]) is matched
+    assert (seen[0] is scope) is not matched  # unmatched: the very scope, untouched
+
+
+def test_asgi_call_stays_a_coroutine_function(fault_server: FaultServer) -> None:
+    import inspect
+
+    middleware = LLMMiddleware(_asgi_app, config=make_config(fault_server.url))
+    assert inspect.iscoroutinefunction(middleware.__call__)  # how servers detect ASGI 3
+
+
+def test_asgi_non_http_scopes_on_a_rule_path_pass_through(fault_server: FaultServer) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    middleware = LLMMiddleware(app, config=_prefilter_config(fault_server.url))
+    websocket = {"type": "websocket", "path": "/exact", "root_path": "", "headers": []}
+    custom = {"type": "custom"}  # no path at all
+
+    async def never() -> Any:
+        raise AssertionError("read a non-http scope's messages")
+
+    for scope in (websocket, custom):
+        asyncio.run(middleware(scope, never, None))  # type: ignore[arg-type]
+    assert seen == [websocket, custom] and seen[0] is websocket and seen[1] is custom
+    assert websocket.keys() == {"type", "path", "root_path", "headers"}
+
+
+def test_wsgi_raw_prefilter_holds_the_latin1_forms() -> None:
+    from llm_middleware.wsgi import _raw_prefilter
+
+    paths, search = _raw_prefilter(frozenset({"/", "/caf\u00e9", "/x"}), None)
+    assert paths == {"/", "", "/caf\u00e9", "/caf\u00c3\u00a9", "/x"} and search is None
+    paths, search = _raw_prefilter(frozenset({"/x"}), None)
+    assert paths == {"/x"} and search is None
+    # U+FFFD is what undecodable bytes become: such a rule keeps the decoding.
+    _, search = _raw_prefilter(frozenset({"/caf\ufffd"}), None)
+    assert search is not None and search("/caf\ufffd") is None
+
+
+@pytest.mark.parametrize(
+    ("rules", "environ", "matched"),
+    [
+        (["/caf\u00e9"], {"PATH_INFO": "/caf\u00e9".encode().decode("latin-1")}, True),
+        (["/caf\u00e9"], {"PATH_INFO": "/caf\u00e9"}, False),  # not UTF-8: decodes to U+FFFD
+        (["/caf\ufffd"], {"PATH_INFO": "/caf\u00e9"}, True),
+        (["/caf\u00e9"], {"PATH_INFO": "/cafe"}, False),
+        (["/"], {"PATH_INFO": ""}, True),  # empty at the application's root
+        (["/"], {}, True),  # or absent
+        (["/exact"], {}, False),
+        (["/exact"], {"PATH_INFO": "/exact", "SCRIPT_NAME": "/mount"}, True),  # inside the mount
+        (["/exact"], {"PATH_INFO": "/mount/exact", "SCRIPT_NAME": ""}, False),
+        (["/items/{id}"], {"PATH_INFO": "/items/caf\u00e9".encode().decode("latin-1")}, True),
+        (["/items/{id}"], {"PATH_INFO": "/other/caf\u00e9".encode().decode("latin-1")}, False),
+        (["/**"], {"PATH_INFO": ""}, True),
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/v2/x"}, True),  # a regex without a literal prefix
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/v/x"}, False),
+    ],
+)
+def test_wsgi_fast_path_routes_as_the_decoded_path(
+    fault_server: FaultServer, rules: list[str], environ: dict[str, Any], matched: bool
+) -> None:
+    from llm_middleware.wsgi import RESULT_KEY
+
+    seen: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(RESULT_KEY in environ)
+        return [b""]
+
+    intent = [{"type": "intent", "schema": "schemas.SearchIntent", "source": "query:q"}]
+    config = {
+        "providers": [{"kind": "openai", "base_url": fault_server.url, "model": "fake"}],
+        "rules": [{"path": path, "budget_ms": 200, "interceptors": intent} for path in rules],
+    }
+    middleware = LLMWSGIMiddleware(app, config)
+    try:
+        middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": "", **environ}, lambda *a: None)
+    finally:
+        middleware.close()
+    assert seen == [matched]
+
+
+def test_wsgi_wrapped_twice_runs_once(fault_server: FaultServer) -> None:
+    from fault_server import reply
+
+    fault_server.default = reply({"category": "shoes", "color": "red", "max_price": 10})
+    results: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        from llm_middleware.wsgi import RESULT_KEY
+
+        results.append(environ[RESULT_KEY])
+        start_response("200 OK", [])
+        return [b""]
+
+    inner = LLMWSGIMiddleware(app, make_config(fault_server.url))
+    outer = LLMWSGIMiddleware(inner, make_config(fault_server.url))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/search", "QUERY_STRING": "q=twice",
+               "wsgi.input": io.BytesIO(b"")}  # fmt: skip
+    try:
+        outer(environ, lambda *a: None)
+    finally:
+        inner.close()
+        outer.close()
+    assert len(fault_server.requests) == 1 and results[0].outcomes == {"intent": "ok"}

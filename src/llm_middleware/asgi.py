@@ -37,22 +37,37 @@ class LLMMiddleware:
         self._paths, self._search = self.engine.router.prefilter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The unmatched path is the hot one: a set lookup (and one C-level regex search when
-        # rules have patterns), no allocation, no call into Python.
-        if scope["type"] == "http":
+        # The unmatched path is the hot one, at the cost of a no-op middleware plus a few
+        # C-level operations: two dict lookups, a set lookup (and one regex search when rules
+        # have patterns). No scope["type"] test there: an unmatched websocket goes to the app as
+        # well; a scope without "path" / "root_path" (lifespan, a server that leaves out the
+        # optional root_path) takes the general route.
+        try:
             path: str = scope["path"]
-            root_path: str | None = scope.get("root_path")
-            if root_path and path.startswith(root_path):
-                path = path[len(root_path) :] or "/"
+            root_path: str = scope["root_path"]
+        except KeyError:
+            return await self._general(scope, receive, send)
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :] or "/"
+        if path not in self._paths and (self._search is None or self._search(path) is None):
+            return await self.app(scope, receive, send)
+        return await self._matched(scope, receive, send, path)
+
+    async def _general(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = _route_path(scope)
             if path not in self._paths and (self._search is None or self._search(path) is None):
                 return await self.app(scope, receive, send)
-            rule = self._match(scope["method"], path)
-            if rule is None or SCOPE_MARK in scope:  # (marked: wrapped twice, the outer ran)
-                return await self.app(scope, receive, send)
-            return await _Responder(self.app, self.engine, rule).run(scope, receive, send)
+            return await self._matched(scope, receive, send, path)
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, self._lifespan_send(send))
         return await self.app(scope, receive, send)
+
+    async def _matched(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        rule = self._match(scope["method"], path) if scope["type"] == "http" else None
+        if rule is None or SCOPE_MARK in scope:  # (marked: wrapped twice, the outer ran)
+            return await self.app(scope, receive, send)
+        return await _Responder(self.app, self.engine, rule).run(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

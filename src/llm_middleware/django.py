@@ -47,8 +47,12 @@ _RESULT = "_llm_middleware_result"  # ours, whoever owns the public name
 
 
 Match = Callable[[str, str], CompiledRule | None]
-#: What the hot path needs: (engine, match, result attribute, exact paths, combined search).
-Current = tuple[Engine, Match, str, frozenset[str], Callable[[str], object] | None]
+#: What the hot path needs: (engine, match, result attribute, exact paths, combined search,
+#: request classes on which ``getattr``/``setattr`` of the result attribute only read and write
+#: the instance's own dict; see ``_default_result``).
+Current = tuple[
+    Engine, Match, str, frozenset[str], Callable[[str], object] | None, set[type[HttpRequest]]
+]
 
 
 class _EngineFromSettings:
@@ -74,7 +78,8 @@ class _EngineFromSettings:
                 engine = self._build()
                 paths, search = engine.router.prefilter()
                 matcher = engine.router.matcher()
-                self._current = (engine, matcher, engine.config.result_attr, paths, search)
+                name = engine.config.result_attr
+                self._current = (engine, matcher, name, paths, search, set())
             return self._current
 
     def _build(self) -> Engine:
@@ -99,6 +104,14 @@ class LLMMiddleware:
     sync_capable = True
     async_capable = True
 
+    def __new__(cls, get_response: Callable[[HttpRequest], Any]) -> LLMMiddleware:
+        # In async mode Django awaits ``middleware(request)``: this class's own subclass makes
+        # that call the coroutine function itself, with no sync frame in between. (A subclass
+        # of ours keeps its own class, and ``__call__`` hands over to ``__acall__``.)
+        if cls is LLMMiddleware and iscoroutinefunction(get_response):
+            cls = _AsyncLLMMiddleware
+        return super().__new__(cls)
+
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         try:
@@ -115,12 +128,16 @@ class LLMMiddleware:
         current = engine_from_settings._current
         if current is not None:
             # The unmatched path is the hot one: a set lookup (and one C-level regex search
-            # when rules have patterns), then only what every path gets (request.llm = None).
+            # when rules have patterns), then only what every path gets (request.llm = None,
+            # unless already set). request.__dict__ is not touched: reading it builds the
+            # instance's dict, which costs more than all the rest.
             path = request.path_info
             if path not in current[3] and (current[4] is None or current[4](path) is None):
-                attrs = request.__dict__
-                if current[2] not in attrs:
-                    attrs[current[2]] = None
+                if request.__class__ in current[5]:
+                    if getattr(request, current[2], None) is None:
+                        setattr(request, current[2], None)
+                else:
+                    _default_result(request, current)
                 return self.get_response(request)
         prepared = self._prepare(request)
         if prepared is None:
@@ -149,6 +166,16 @@ class LLMMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        current = engine_from_settings._current
+        if current is not None:  # the unmatched path, as in __call__
+            path = request.path_info
+            if path not in current[3] and (current[4] is None or current[4](path) is None):
+                if request.__class__ in current[5]:
+                    if getattr(request, current[2], None) is None:
+                        setattr(request, current[2], None)
+                else:
+                    _default_result(request, current)
+                return await self.get_response(request)
         prepared = self._prepare(request)
         if prepared is None:
             return await self.get_response(request)
@@ -180,18 +207,16 @@ class LLMMiddleware:
         self, request: HttpRequest
     ) -> tuple[Engine, CompiledRule, RequestExchange, Deadline] | None:
         try:
-            engine, match, name, _, _ = engine_from_settings.current()
+            current = engine_from_settings.current()
+            engine, match, name = current[0], current[1], current[2]
             rule = match(request.method or "GET", request.path_info)
         except Exception as exc:
             log_internal_error("django", exc)
             return None
-        attrs = request.__dict__
         if rule is None:
-            # Views read request.llm on every path, matched or not; a value an earlier
-            # middleware put there is the app's and stays.
-            if name not in attrs:
-                attrs[name] = None
+            _default_result(request, current)
             return None
+        attrs = request.__dict__
         if _MARK in attrs:  # listed twice in MIDDLEWARE: the outer one ran
             return None
         owned = name not in attrs
@@ -215,6 +240,39 @@ class LLMMiddleware:
             log_internal_error("django", exc)
             return None
         return engine, rule, exchange, deadline
+
+
+class _AsyncLLMMiddleware(LLMMiddleware):
+    """``LLMMiddleware`` in async mode (see ``LLMMiddleware.__new__``)."""
+
+    __call__ = LLMMiddleware.__acall__
+
+
+def _default_result(request: HttpRequest, current: Current) -> None:
+    """Views read ``request.llm`` on every path, matched or not; a value an earlier middleware
+    put there is the app's and stays. Remembers the request's class when ``getattr``/``setattr``
+    of the name reach only the instance's dict (no descriptor, ``__getattr__``,
+    ``__getattribute__`` or ``__setattr__`` of the class's own), so that the hot path can use
+    them instead of ``request.__dict__``."""
+    name, plain = current[2], current[5]
+    attrs = request.__dict__
+    if name not in attrs:
+        attrs[name] = None
+    cls = request.__class__
+    if cls not in plain and _instance_dict_only(cls, name):
+        plain.add(cls)
+
+
+_ABSENT = object()
+
+
+def _instance_dict_only(cls: type, name: str) -> bool:
+    return (
+        getattr(cls, name, _ABSENT) is _ABSENT
+        and getattr(cls, "__getattr__", None) is None
+        and getattr(cls, "__getattribute__", None) is object.__getattribute__
+        and getattr(cls, "__setattr__", None) is object.__setattr__
+    )
 
 
 def _rejected(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -26,21 +27,21 @@ class LLMWSGIMiddleware:
         self.app = app
         self.engine = config if isinstance(config, Engine) else Engine(config, **config_kwargs)
         self._match = self.engine.router.matcher()
-        self._paths, self._search = self.engine.router.prefilter()
+        self._paths, self._search = _raw_prefilter(*self.engine.router.prefilter())
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # The unmatched path is the hot one: a set lookup (and one C-level regex search when
-        # rules have patterns), no call into Python. A non-ASCII PATH_INFO is decoded first.
-        path = environ.get("PATH_INFO") or "/"
-        if (
-            path not in self._paths
-            and (self._search is None or self._search(path) is None)
-            and path.isascii()
+        # The unmatched path is the hot one: a dict lookup and a set lookup (and, when rules
+        # have patterns, one C-level regex search on an ASCII path), no call into Python. The
+        # set holds the raw PATH_INFO forms of the exact paths (see _raw_prefilter).
+        try:
+            path: str = environ["PATH_INFO"]
+        except KeyError:  # PEP 3333: may be absent at the application's root
+            path = ""
+        if path not in self._paths and (
+            self._search is None or (path.isascii() and self._search(path or "/") is None)
         ):
             return self.app(environ, start_response)
-        rule = self._match(
-            environ.get("REQUEST_METHOD", "GET"), path if path.isascii() else route_path(environ)
-        )
+        rule = self._match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
         if rule is None or RESULT_KEY in environ:  # (set: wrapped twice, the outer one ran)
             return self.app(environ, start_response)
         try:
@@ -95,6 +96,27 @@ class LLMWSGIMiddleware:
         if query is not None:
             environ["QUERY_STRING"] = query
         environ[RESULT_KEY] = result
+
+
+def _raw_prefilter(
+    paths: frozenset[str], search: Callable[[str], object] | None
+) -> tuple[frozenset[str], Callable[[str], object] | None]:
+    """The router's prefilter for a raw PATH_INFO, which PEP 3333 hands over as latin-1 (the
+    path's UTF-8 bytes, one character each) and may leave empty: each exact path also under
+    that form, ``/`` also as ``""``. A raw path outside the set then decodes to no exact path,
+    so without pattern rules no decoding is needed to reject it. (A rule path with U+FFFD, which
+    undecodable bytes decode to, keeps the decoding: every non-ASCII path takes the general
+    route, as with pattern rules.)"""
+    raw = set(paths)
+    raw.update(path.encode().decode("latin-1") for path in paths if not path.isascii())
+    if "/" in paths:
+        raw.add("")
+    if search is None and any("\ufffd" in path for path in paths):
+        search = _NEVER.search
+    return frozenset(raw), search
+
+
+_NEVER = re.compile(r"(?!)")
 
 
 def route_path(environ: dict[str, Any]) -> str:
