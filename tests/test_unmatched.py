@@ -393,6 +393,11 @@ def test_wsgi_raw_prefilter_holds_the_latin1_forms() -> None:
         (["/**"], {"PATH_INFO": ""}, True),
         (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/v2/x"}, True),  # a regex without a literal prefix
         (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/v/x"}, False),
+        # Not a str (a server against PEP 3333): handed to the app, nothing raised.
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": None}, False),
+        (["/exact"], {"PATH_INFO": None}, False),
+        (["re:^/v[0-9]+/x$", "/exact"], {"PATH_INFO": ["/exact"]}, False),
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": b"/v1/x"}, False),
     ],
 )
 def test_wsgi_fast_path_routes_as_the_decoded_path(

@@ -35,11 +35,16 @@ class LLMWSGIMiddleware:
         # set holds the raw PATH_INFO forms of the exact paths (see _raw_prefilter).
         try:
             path: str = environ["PATH_INFO"]
+            unmatched = path not in self._paths and (
+                self._search is None or (path.isascii() and self._search(path or "/") is None)
+            )
         except KeyError:  # PEP 3333: may be absent at the application's root
-            path = ""
-        if path not in self._paths and (
-            self._search is None or (path.isascii() and self._search(path or "/") is None)
-        ):
+            unmatched = "" not in self._paths and (
+                self._search is None or self._search("/") is None
+            )
+        except (AttributeError, TypeError):  # not a str, against PEP 3333: not ours to route
+            unmatched = True
+        if unmatched:
             return self.app(environ, start_response)
         rule = self._match(environ.get("REQUEST_METHOD", "GET"), route_path(environ))
         if rule is None or RESULT_KEY in environ:  # (set: wrapped twice, the outer one ran)
