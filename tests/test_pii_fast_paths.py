@@ -554,3 +554,52 @@ def test_ssn_context_gate_agrees_with_the_regex(seed: int) -> None:
 )
 def test_ssn_shapes_need_their_word(text: str, found: list[str]) -> None:
     assert [f.text for f in PIIDetector(["US_SSN"]).detect(text)] == found
+
+
+def _ipv6_reference(text: str) -> list[tuple[int, int, str]]:
+    """_find_ipv6 as it was before colons without a second colon ahead were skipped."""
+    found = []
+    colon = text.find(":")
+    while colon != -1:
+        back = det._IPV6_CHARS.match(text[max(0, colon - det._IPV6_MAX) : colon][::-1])
+        start = colon - (back.end() if back else 0)
+        ahead = det._IPV6_CHARS.match(text, colon)
+        end = ahead.end() if ahead else colon + 1
+        colon = text.find(":", end)
+        candidate = text[start:end]
+        if (
+            (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
+            or (end < len(text) and (text[end].isalnum() or text[end] == "_"))
+            or candidate[0] == "."
+            or len(candidate) > det._IPV6_MAX + 1
+            or candidate.count(":") < 2
+            or det._HAS_DIGIT(candidate) is None
+        ):
+            continue
+        if not det._ipv6_valid(candidate):
+            candidate = candidate[:-1]
+            if candidate[-1] == "." or not det._ipv6_valid(candidate):
+                continue
+        found.append((start, start + len(candidate), candidate))
+    return found
+
+
+IPV6_PIECES = ["fe80::1", "2001:db8::8a2e:370:7334", "::1", "10:30", "a:b", "ab12:", ":", "::"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ipv6_colon_skip_agrees_with_the_plain_loop(seed: int) -> None:
+    # Single colons ("10:30", "key:") around and glued to addresses: skipping a colon with
+    # no second colon in its run ahead must not lose or move any address.
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(300):
+        text = "".join(
+            rng.choice(IPV6_PIECES) if rng.random() < 0.5 else rng.choice(" .:,x_1f") * 2
+            for _ in range(rng.randint(1, 10))
+        )
+        expected = _ipv6_reference(text)
+        got = [(f.start, f.end, f.text) for f in det._find_ipv6(text)]
+        assert got == expected, text
+        hits += bool(expected)
+    assert hits > 30

@@ -736,10 +736,16 @@ def _find_ipv6(text: str) -> Iterator[Finding]:
     # and dots around it, which must not touch a word character.
     colon = text.find(":")
     while colon != -1:
-        back = _IPV6_CHARS.match(text[max(0, colon - _IPV6_MAX) : colon][::-1])
-        start = colon - (back.end() if back else 0)
         ahead = _IPV6_CHARS.match(text, colon)
         end = ahead.end() if ahead else colon + 1
+        # The run before this colon holds no colon (the previous run ended at a character
+        # outside it, and no colon lies between): with no second colon ahead, the candidate
+        # has one colon and is no address, so the backward match is not needed.
+        if text.find(":", colon + 1, end) == -1:
+            colon = text.find(":", end)
+            continue
+        back = _IPV6_CHARS.match(text[max(0, colon - _IPV6_MAX) : colon][::-1])
+        start = colon - (back.end() if back else 0)
         colon = text.find(":", end)
         candidate = text[start:end]
         if (
