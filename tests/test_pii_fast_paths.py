@@ -603,3 +603,36 @@ def test_ipv6_colon_skip_agrees_with_the_plain_loop(seed: int) -> None:
         assert got == expected, text
         hits += bool(expected)
     assert hits > 30
+
+
+LOCAL_CHARS = "aZ09_+%.-@ \"'=/<>,;:\u00e9\u00df\u0436\u4e2d\u0915\u093f\u0e31\u00a0\uff20"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_local_run_agrees_with_the_reversed_regex(seed: int) -> None:
+    # The rstrip fast path must measure the run exactly as the regex on the reversed slice,
+    # including runs that reach letters and marks of other scripts.
+    rng = random.Random(seed)
+    fallbacks = 0
+    for _ in range(500):
+        text = "".join(rng.choice(LOCAL_CHARS) for _ in range(rng.randint(0, 90))) + "@x.io"
+        at = len(text) - 5
+        for lowest in (0, max(0, at - det._EMAIL_MAX_LOCAL - 1), at):
+            run = det._EMAIL_LOCAL_RUN.match(text[lowest:at][::-1])
+            assert det._local_run(text, lowest, at) == (run.end() if run else 0), text
+        fallbacks += not text[:at].rstrip(det._EMAIL_LOCAL_ASCII)[-1:].isascii()
+    assert fallbacks > 50
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("write to jos\u00e9.p\u00e9rez@example.com", ["jos\u00e9.p\u00e9rez@example.com"]),
+        ("\u0436\u0435\u043d\u044f+x@example.ru ok", ["\u0436\u0435\u043d\u044f+x@example.ru"]),
+        ("mail: a.b_c-d%e@example.org", ["a.b_c-d%e@example.org"]),
+        ("email=jane@x.io", ["jane@x.io"]),
+        ("..@example.com", []),
+    ],
+)
+def test_local_parts_in_and_out_of_ascii(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["EMAIL_ADDRESS"]).detect(text)] == found

@@ -150,6 +150,21 @@ _EMAIL_DOMAIN = re.compile(
 )
 _AT_SIGNS = ("@", "\uff20")  # "＠", the full-width form
 _EMAIL_MAX_LOCAL = 64
+# The ASCII characters _EMAIL_LOCAL_RUN takes (its \w is [A-Za-z0-9_] in ASCII, the marks are
+# not ASCII).
+_EMAIL_LOCAL_ASCII = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+%.-"
+
+
+def _local_run(text: str, lowest: int, at: int) -> int:
+    """Length of the run of local-part characters ending at ``at``, from ``lowest`` on: what
+    _EMAIL_LOCAL_RUN matches on the reversed slice, by a C-level rstrip when the run stops at
+    an ASCII character (or the slice start), which is the exact answer there."""
+    window = text[lowest:at]
+    rest = window.rstrip(_EMAIL_LOCAL_ASCII)
+    if rest and not rest[-1].isascii():  # a letter or mark of another script may go on
+        run = _EMAIL_LOCAL_RUN.match(window[::-1])
+        return run.end() if run else 0
+    return len(window) - len(rest)
 
 
 def _find_emails(text: str) -> list[Finding]:
@@ -179,8 +194,7 @@ def _find_emails_at(
         domain = _EMAIL_DOMAIN.match(text, at + 1)
         if domain is not None:
             lowest = max(floor, at - _EMAIL_MAX_LOCAL - 1)
-            run = _EMAIL_LOCAL_RUN.match(text[lowest:at][::-1])
-            size = run.end() if run else 0
+            size = _local_run(text, lowest, at)
             start = at - size
             while start < at and text[start] == ".":
                 start += 1
@@ -316,8 +330,7 @@ def _find_obfuscated_emails(text: str) -> list[Finding]:
         while sign != "@" and at_start and text[at_start - 1] in " \t":
             at_start -= 1
         lowest = max(0, at_start - _EMAIL_MAX_LOCAL - 1)
-        run = _EMAIL_LOCAL_RUN.match(text[lowest:at_start][::-1])
-        start = at_start - (run.end() if run else 0)
+        start = at_start - _local_run(text, lowest, at_start)
         while start < at_start and text[start] == ".":
             start += 1
         local = text[start:at_start]
