@@ -636,3 +636,39 @@ def test_local_run_agrees_with_the_reversed_regex(seed: int) -> None:
 )
 def test_local_parts_in_and_out_of_ascii(text: str, found: list[str]) -> None:
     assert [f.text for f in PIIDetector(["EMAIL_ADDRESS"]).detect(text)] == found
+
+
+NOT_A_PHONE_DIGITS = "0123456789" * 3 + "\u0663"  # one Arabic-Indic digit in 31
+NOT_A_PHONE_SEPS = [" ", ".", "-", "/", ") ", " (", "  ", "\u00a0", "-", "."]
+
+
+def _random_candidate(rng: random.Random) -> str:
+    value = rng.choice(["", "", "", "(", "+", "("])
+    for i in range(rng.randint(1, 5)):
+        if i:
+            value += rng.choice(NOT_A_PHONE_SEPS)
+        value += "".join(rng.choice(NOT_A_PHONE_DIGITS) for _ in range(rng.randint(1, 5)))
+    return value
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_not_a_phone_gate_agrees_with_the_regex(seed: int) -> None:
+    # Dates, years, SSN and ZIP+4 shapes: the group-length gate must never skip a value the
+    # regex matches (non-ASCII digits, "\u0663", go to the regex).
+    from llm_middleware.pii import phones
+
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(3000):
+        value = _random_candidate(rng)
+        groups = phones._DIGIT_GROUPS.findall(value)
+        if not groups:
+            continue
+        expected = phones._NOT_A_PHONE.match(value) is not None
+        assert phones._not_a_phone_shape(value, groups) is expected, repr(value)
+        hits += expected
+    for value in ("1985-01-01", "01.02.1985", "078-05-1120", "12345-6789", "2024-5", "555 12 3"):
+        assert phones._not_a_phone_shape(value, phones._DIGIT_GROUPS.findall(value)), value
+    for value in ("415-555-0132", "(020) 8231 7777", "020 7946 0958", "+1 415 555 0132"):
+        assert not phones._not_a_phone_shape(value, phones._DIGIT_GROUPS.findall(value)), value
+    assert hits > 5
