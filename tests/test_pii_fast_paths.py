@@ -672,3 +672,42 @@ def test_not_a_phone_gate_agrees_with_the_regex(seed: int) -> None:
     for value in ("415-555-0132", "(020) 8231 7777", "020 7946 0958", "+1 415 555 0132"):
         assert not phones._not_a_phone_shape(value, phones._DIGIT_GROUPS.findall(value)), value
     assert hits > 5
+
+
+def _ipaddress_accepts(candidate: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def test_ipv4_check_agrees_with_ipaddress() -> None:
+    # Every octet spelling the digit scan can produce (1-3 digits, leading zeros included),
+    # in each of the four positions.
+    octets = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(100)]
+    octets += [f"{i:03d}" for i in range(1000)]
+    for octet in octets:
+        for position in range(4):
+            parts = ["10", "1", "2", "3"]
+            parts[position] = octet
+            candidate = ".".join(parts)
+            assert det._ipv4_valid(candidate) is _ipaddress_accepts(candidate), candidate
+    for candidate in ("0.0.0.0", "255.255.255.255", "192.0.2.1"):
+        assert det._ipv4_valid(candidate)
+    for candidate in ("256.1.1.1", "1.1.1.01", "00.1.1.1", "1.999.1.1"):
+        assert not det._ipv4_valid(candidate)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("from 192.0.2.1 and 10.0.0.255", ["192.0.2.1", "10.0.0.255"]),
+        ("version 1.02.3.4 and 300.1.1.1", []),
+        ("host 0.0.0.0 up", ["0.0.0.0"]),
+    ],
+)
+def test_dotted_quads(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["IP_ADDRESS"]).detect(text)] == found

@@ -405,10 +405,12 @@ _NUMERIC_NO_CARD = _numeric_pattern(s for s in _DIGIT_LED_SHAPES if "<card>" not
 
 
 def _ipv4_valid(candidate: str) -> bool:
-    try:
-        ipaddress.IPv4Address(candidate)
-    except ValueError:
-        return False
+    """What ``ipaddress.IPv4Address`` accepts, for a match of the ipv4 shape (four dotted
+    groups of one to three ASCII digits): every octet at most 255, no leading zero. A tenth
+    of the constructor's time (its exceptions and objects), for every dotted quad."""
+    for octet in candidate.split("."):
+        if (octet[0] == "0" and len(octet) > 1) or int(octet) > 255:
+            return False
     return True
 
 
