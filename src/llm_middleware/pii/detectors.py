@@ -171,23 +171,23 @@ def _find_emails(text: str) -> list[Finding]:
     # Anchored on '@' (a fast substring search) rather than a regex tried at every word start:
     # the domain is matched forwards, the local part backwards (on the reversed prefix).
     # PIIDetector calls it only on texts with "@" (the full-width form has its own detector).
-    return list(_find_emails_at(text, "@"))
+    return _find_emails_at(text, "@")
 
 
 def _find_fullwidth_emails(text: str) -> list[Finding]:
-    return list(_find_emails_at(text, "\uff20"))
+    return _find_emails_at(text, "\uff20")
 
 
 def _emails_glued_phones(sign: str, valid: Validator) -> Finder:
     def find(text: str) -> list[Finding]:
-        return list(_find_emails_at(text, sign, valid))
+        return _find_emails_at(text, sign, valid)
 
     return find
 
 
-def _find_emails_at(
-    text: str, sign: str, valid_phone: Validator | None = None
-) -> Iterator[Finding]:
+def _find_emails_at(text: str, sign: str, valid_phone: Validator | None = None) -> list[Finding]:
+    # A list built in place rather than a generator: no generator to create and resume.
+    found: list[Finding] = []
     floor = 0
     at = text.find(sign)
     while at != -1:
@@ -215,7 +215,7 @@ def _find_emails_at(
                 if glued and glued[0].start > end:
                     glued = []
                 if glued or end == len(text) or text[end] not in _DIGIT_SET:
-                    yield Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9)
+                    found.append(Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9))
                     # A phone's shape ends the address; with phone_regions the phone itself
                     # is reported only when valid there, like any other phone.
                     for f in glued:
@@ -224,9 +224,10 @@ def _find_emails_at(
                             or valid_phone is None
                             or valid_phone(f.text)
                         ):
-                            yield f
+                            found.append(f)
                     floor = end
         at = text.find(sign, at + 1)
+    return found
 
 
 _GLUED_MAX = 64
