@@ -554,3 +554,160 @@ def test_ssn_context_gate_agrees_with_the_regex(seed: int) -> None:
 )
 def test_ssn_shapes_need_their_word(text: str, found: list[str]) -> None:
     assert [f.text for f in PIIDetector(["US_SSN"]).detect(text)] == found
+
+
+def _ipv6_reference(text: str) -> list[tuple[int, int, str]]:
+    """_find_ipv6 as it was before colons without a second colon ahead were skipped."""
+    found = []
+    colon = text.find(":")
+    while colon != -1:
+        back = det._IPV6_CHARS.match(text[max(0, colon - det._IPV6_MAX) : colon][::-1])
+        start = colon - (back.end() if back else 0)
+        ahead = det._IPV6_CHARS.match(text, colon)
+        end = ahead.end() if ahead else colon + 1
+        colon = text.find(":", end)
+        candidate = text[start:end]
+        if (
+            (start and (text[start - 1].isalnum() or text[start - 1] == "_"))
+            or (end < len(text) and (text[end].isalnum() or text[end] == "_"))
+            or candidate[0] == "."
+            or len(candidate) > det._IPV6_MAX + 1
+            or candidate.count(":") < 2
+            or det._HAS_DIGIT(candidate) is None
+        ):
+            continue
+        if not det._ipv6_valid(candidate):
+            candidate = candidate[:-1]
+            if candidate[-1] == "." or not det._ipv6_valid(candidate):
+                continue
+        found.append((start, start + len(candidate), candidate))
+    return found
+
+
+IPV6_PIECES = ["fe80::1", "2001:db8::8a2e:370:7334", "::1", "10:30", "a:b", "ab12:", ":", "::"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ipv6_colon_skip_agrees_with_the_plain_loop(seed: int) -> None:
+    # Single colons ("10:30", "key:") around and glued to addresses: skipping a colon with
+    # no second colon in its run ahead must not lose or move any address.
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(300):
+        text = "".join(
+            rng.choice(IPV6_PIECES) if rng.random() < 0.5 else rng.choice(" .:,x_1f") * 2
+            for _ in range(rng.randint(1, 10))
+        )
+        expected = _ipv6_reference(text)
+        got = [(f.start, f.end, f.text) for f in det._find_ipv6(text)]
+        assert got == expected, text
+        hits += bool(expected)
+    assert hits > 30
+
+
+LOCAL_CHARS = "aZ09_+%.-@ \"'=/<>,;:\u00e9\u00df\u0436\u4e2d\u0915\u093f\u0e31\u00a0\uff20"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_local_run_agrees_with_the_reversed_regex(seed: int) -> None:
+    # The rstrip fast path must measure the run exactly as the regex on the reversed slice,
+    # including runs that reach letters and marks of other scripts.
+    rng = random.Random(seed)
+    fallbacks = 0
+    for _ in range(500):
+        text = "".join(rng.choice(LOCAL_CHARS) for _ in range(rng.randint(0, 90))) + "@x.io"
+        at = len(text) - 5
+        for lowest in (0, max(0, at - det._EMAIL_MAX_LOCAL - 1), at):
+            run = det._EMAIL_LOCAL_RUN.match(text[lowest:at][::-1])
+            assert det._local_run(text, lowest, at) == (run.end() if run else 0), text
+        fallbacks += not text[:at].rstrip(det._EMAIL_LOCAL_ASCII)[-1:].isascii()
+    assert fallbacks > 50
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("write to jos\u00e9.p\u00e9rez@example.com", ["jos\u00e9.p\u00e9rez@example.com"]),
+        ("\u0436\u0435\u043d\u044f+x@example.ru ok", ["\u0436\u0435\u043d\u044f+x@example.ru"]),
+        ("mail: a.b_c-d%e@example.org", ["a.b_c-d%e@example.org"]),
+        ("email=jane@x.io", ["jane@x.io"]),
+        ("..@example.com", []),
+    ],
+)
+def test_local_parts_in_and_out_of_ascii(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["EMAIL_ADDRESS"]).detect(text)] == found
+
+
+NOT_A_PHONE_DIGITS = "0123456789" * 3 + "\u0663"  # one Arabic-Indic digit in 31
+NOT_A_PHONE_SEPS = [" ", ".", "-", "/", ") ", " (", "  ", "\u00a0", "-", "."]
+
+
+def _random_candidate(rng: random.Random) -> str:
+    value = rng.choice(["", "", "", "(", "+", "("])
+    for i in range(rng.randint(1, 5)):
+        if i:
+            value += rng.choice(NOT_A_PHONE_SEPS)
+        value += "".join(rng.choice(NOT_A_PHONE_DIGITS) for _ in range(rng.randint(1, 5)))
+    return value
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_not_a_phone_gate_agrees_with_the_regex(seed: int) -> None:
+    # Dates, years, SSN and ZIP+4 shapes: the group-length gate must never skip a value the
+    # regex matches (non-ASCII digits, "\u0663", go to the regex).
+    from llm_middleware.pii import phones
+
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(3000):
+        value = _random_candidate(rng)
+        groups = phones._DIGIT_GROUPS.findall(value)
+        if not groups:
+            continue
+        expected = phones._NOT_A_PHONE.match(value) is not None
+        assert phones._not_a_phone_shape(value, groups) is expected, repr(value)
+        hits += expected
+    for value in ("1985-01-01", "01.02.1985", "078-05-1120", "12345-6789", "2024-5", "555 12 3"):
+        assert phones._not_a_phone_shape(value, phones._DIGIT_GROUPS.findall(value)), value
+    for value in ("415-555-0132", "(020) 8231 7777", "020 7946 0958", "+1 415 555 0132"):
+        assert not phones._not_a_phone_shape(value, phones._DIGIT_GROUPS.findall(value)), value
+    assert hits > 5
+
+
+def _ipaddress_accepts(candidate: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def test_ipv4_check_agrees_with_ipaddress() -> None:
+    # Every octet spelling the digit scan can produce (1-3 digits, leading zeros included),
+    # in each of the four positions.
+    octets = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(100)]
+    octets += [f"{i:03d}" for i in range(1000)]
+    for octet in octets:
+        for position in range(4):
+            parts = ["10", "1", "2", "3"]
+            parts[position] = octet
+            candidate = ".".join(parts)
+            assert det._ipv4_valid(candidate) is _ipaddress_accepts(candidate), candidate
+    for candidate in ("0.0.0.0", "255.255.255.255", "192.0.2.1"):
+        assert det._ipv4_valid(candidate)
+    for candidate in ("256.1.1.1", "1.1.1.01", "00.1.1.1", "1.999.1.1"):
+        assert not det._ipv4_valid(candidate)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("from 192.0.2.1 and 10.0.0.255", ["192.0.2.1", "10.0.0.255"]),
+        ("version 1.02.3.4 and 300.1.1.1", []),
+        ("host 0.0.0.0 up", ["0.0.0.0"]),
+    ],
+)
+def test_dotted_quads(text: str, found: list[str]) -> None:
+    assert [f.text for f in PIIDetector(["IP_ADDRESS"]).detect(text)] == found

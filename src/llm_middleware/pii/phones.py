@@ -90,6 +90,21 @@ _NOT_A_PHONE = re.compile(
 )
 
 
+def _not_a_phone_shape(value: str, groups: list[str]) -> bool:
+    """``_NOT_A_PHONE.match(value)``, without the regex call when the digit groups rule every
+    branch out. Each branch starts with digits: 4 (a year), 5 (ZIP+4), or at most 3 followed
+    by a group of at most 2 (day/month, SSN shapes); common phones ("415-555-0132",
+    "(020) 8231 7777", "020 7946 0958") have none of these. Only for ASCII values, where the
+    regex's digit class is the [0-9] of ``groups``."""
+    if value.isascii():
+        if not "0" <= value[0] <= "9":
+            return False
+        first = len(groups[0])
+        if first != 4 and first != 5 and (first > 3 or len(groups) < 2 or len(groups[1]) > 2):
+            return False
+    return _NOT_A_PHONE.match(value) is not None
+
+
 def _one_digit_last(value: str) -> bool:
     """A last group of one digit after " ", ".", "/" or "-" ("978-3-16-148410-0")."""
     # Candidates hold no line break, which the regex's "." would not have crossed.
@@ -181,9 +196,15 @@ _LABEL_WINDOW = 24
 _NANP_EXAMPLE = re.compile(r"\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}")
 
 
-def _may_hold_label(low: str) -> bool:
-    # A substring of every label above (chained tests: a third of the time of any(map(...))).
-    return (
+def _not_phone_label(text: str, start: int) -> bool:
+    window = text[max(0, start - _LABEL_WINDOW) : start]
+    # In an aligned lower-cased copy (any ASCII window, most others: see lower_aligned),
+    # without a label's substring the case-insensitive regex (microseconds per window)
+    # cannot match.
+    low = window.lower()
+    if (window.isascii() or lower_aligned(window, low) is not None) and not (
+        # A substring of every label above (chained tests: a third of the time of
+        # any(map(...)), and no call for every candidate).
         "ref" in low
         or "order" in low
         or "zip" in low
@@ -193,16 +214,7 @@ def _may_hold_label(low: str) -> bool:
         or "track" in low
         or "isbn" in low
         or "invoice" in low
-    )
-
-
-def _not_phone_label(text: str, start: int) -> bool:
-    window = text[max(0, start - _LABEL_WINDOW) : start]
-    # In an aligned lower-cased copy (any ASCII window, most others: see lower_aligned),
-    # without a label's substring the case-insensitive regex (microseconds per window)
-    # cannot match.
-    low = lower_aligned(window)
-    if low is not None and not _may_hold_label(low):
+    ):
         return False
     labels = _NOT_PHONE_LABEL.findall(window)
     if not labels:
@@ -263,7 +275,7 @@ def _national_valid(value: str, groups: list[str], text: str, start: int) -> boo
         return False
     if _one_digit_last(value):
         return False
-    if _NOT_A_PHONE.match(value) or (
+    if _not_a_phone_shape(value, groups) or (
         # Thousands ("1,234,567") have 1-3 digits, then groups of three.
         len(groups[0]) <= 3
         and len(groups) > 1
@@ -337,6 +349,9 @@ def _after_ipv6(text: str, start: int) -> bool:
     return text.count(":", j, start) >= 2
 
 
+_EXT = _CANDIDATE.groupindex["ext"]
+
+
 def find_phones(text: str) -> Iterator[tuple[int, int]]:
     """Spans of phone numbers in ``text``."""
     pos = 0
@@ -344,17 +359,20 @@ def find_phones(text: str) -> Iterator[tuple[int, int]]:
     while (m := search(text, pos)) is not None:
         start, end = m.span()
         pos = end
-        if end - start < 7 or (start and text[start - 1] in _CURRENCY):
+        if end - start < 7:
             continue  # too short for 7 digits ("12", "2024", "10:30")
-        value = m.group()
-        if start and text[start - 1] == ":" and _after_ipv6(text, start):
-            # "::e:0 (415) 555-0132": the first group ends an IPv6 address.
-            cut = value.find(" ")
-            if cut == -1:
+        if start:
+            before = text[start - 1]
+            if before in _CURRENCY:
                 continue
-            pos = start + cut
-            continue
-        ext = m.start("ext")
+            if before == ":" and _after_ipv6(text, start):
+                # "::e:0 (415) 555-0132": the first group ends an IPv6 address.
+                cut = text.find(" ", start, end)
+                if cut != -1:
+                    pos = cut
+                continue
+        value = m.group()
+        ext = m.start(_EXT)
         if ext != -1:
             value = value[: ext - start]
         elif _glued_after(text, end) and not _LINE_LABEL.match(text, end):
