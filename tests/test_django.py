@@ -292,6 +292,23 @@ def test_a_subclass_keeps_its_class_in_async_mode(config: Any) -> None:
     assert [r.llm is None for r in seen] == [True, True, False]  # type: ignore[attr-defined]
 
 
+def test_a_subclass_may_take_other_arguments_and_be_copied(config: Any) -> None:
+    import copy
+
+    class Configured(LLMMiddleware):
+        def __init__(self, get_response: Any = None, *, label: str = "") -> None:
+            self.label = label
+            super().__init__(get_response or sync_view([]))
+
+    with settings(config):
+        sync = Configured(sync_view([]), label="sync")
+        defaulted = Configured()
+        by_keyword = LLMMiddleware(get_response=sync_view([]))
+    assert (type(sync), sync.label) == (Configured, "sync") and type(defaulted) is Configured
+    assert type(by_keyword) is LLMMiddleware
+    assert copy.copy(sync).label == "sync"
+
+
 def test_async_mode_listed_twice_runs_once(config: Any, fault_server: FaultServer) -> None:
     seen: list[HttpRequest] = []
     with settings(config):

@@ -104,10 +104,12 @@ class LLMMiddleware:
     sync_capable = True
     async_capable = True
 
-    def __new__(cls, get_response: Callable[[HttpRequest], Any]) -> LLMMiddleware:
+    def __new__(cls, *args: Any, **kwargs: Any) -> LLMMiddleware:
         # In async mode Django awaits ``middleware(request)``: this class's own subclass makes
         # that call the coroutine function itself, with no sync frame in between. (A subclass
-        # of ours keeps its own class, and ``__call__`` hands over to ``__acall__``.)
+        # of ours keeps its own class, and ``__call__`` hands over to ``__acall__``; its
+        # ``__init__`` may take other arguments, and ``copy`` calls ``__new__`` with none.)
+        get_response = args[0] if args else kwargs.get("get_response")
         if cls is LLMMiddleware and iscoroutinefunction(get_response):
             cls = _AsyncLLMMiddleware
         return super().__new__(cls)
