@@ -398,6 +398,10 @@ def test_wsgi_raw_prefilter_holds_the_latin1_forms() -> None:
         (["/exact"], {"PATH_INFO": None}, False),
         (["re:^/v[0-9]+/x$", "/exact"], {"PATH_INFO": ["/exact"]}, False),
         (["re:^/v[0-9]+/x$"], {"PATH_INFO": b"/v1/x"}, False),
+        # Not latin-1 (already decoded by the server): routed as it is, nothing raised.
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/\u00fc\u20ac"}, False),
+        (["re:^/v[0-9]+/x$"], {"PATH_INFO": "/v1/x\udcff"}, False),
+        (["re:^/v[0-9]+/\u20ac$"], {"PATH_INFO": "/v1/\u20ac"}, True),
     ],
 )
 def test_wsgi_fast_path_routes_as_the_decoded_path(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -128,7 +129,9 @@ def route_path(environ: dict[str, Any]) -> str:
     # PATH_INFO is already inside SCRIPT_NAME; PEP 3333 hands it over as latin-1.
     path: str = environ.get("PATH_INFO") or "/"
     if not path.isascii():
-        path = path.encode("latin-1").decode("utf-8", "replace")
+        # Not latin-1: already decoded (a server against PEP 3333), taken as it is.
+        with contextlib.suppress(UnicodeEncodeError):
+            path = path.encode("latin-1").decode("utf-8", "replace")
     return path
 
 
