@@ -332,9 +332,30 @@ def test_overlap_keeps_higher_score_then_longer() -> None:
     low = make_detector("TICKET", r"id \d+", score=0.5)
     high = make_detector("TICKET", r"id \d+", score=0.99)
     assert found(text, PIIDetector(extra=[low])) == [("CREDIT_CARD", "4111 1111 1111 1111")]
-    assert found(text, PIIDetector(extra=[high])) == [("TICKET", "id 4111")]
+    # The card loses its first group to the ticket but the rest is not left in clear.
+    assert found(text, PIIDetector(extra=[high])) == [
+        ("TICKET", "id 4111"),
+        ("CREDIT_CARD", "1111 1111 1111"),
+    ]
     longer = make_detector("TICKET", r"\d{4} \d{4}", score=0.9)
     assert found(text, PIIDetector(extra=[longer])) == [("CREDIT_CARD", "4111 1111 1111 1111")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A phone running into an IPv6 address or a date: both masked, the phone whole.
+        ("212-555-0100 10::1", [("PHONE_NUMBER", "212-555-0100"), ("IP_ADDRESS", "10::1")]),
+        ("(200) 200-0000 10::", [("PHONE_NUMBER", "(200) 200-0000"), ("IP_ADDRESS", "10::")]),
+        # What is left outside the winner has fewer than 4 letters or digits: dropped.
+        ("id 4111 1111 1111 1111", [("TICKET", "id 4111 1111 1111 11")]),
+    ],
+)
+def test_overlap_loser_keeps_what_lies_outside_the_winner(
+    text: str, expected: list[tuple[str, str]]
+) -> None:
+    ticket = make_detector("TICKET", r"id [\d ]{17}", score=0.99)
+    assert found(text, PIIDetector(extra=[ticket])) == expected
 
 
 def test_register_detector_pattern_and_validator() -> None:

@@ -73,6 +73,35 @@ def test_glued_values_follow_entities_and_still_need_a_letter_free_start() -> No
     assert found("v2.shop321-54-9876") == []
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "ann [at] shopmail [dot] org4111111111111111",
+            [("EMAIL_ADDRESS", "ann [at] shopmail [dot] org"), ("CREDIT_CARD", "4111111111111111")],
+        ),
+        (
+            "ann(at)shopmail(dot)org321-54-9876 ok",
+            [("EMAIL_ADDRESS", "ann(at)shopmail(dot)org"), ("US_SSN", "321-54-9876")],
+        ),
+        (
+            "ann.lee@shopmail[DOT]org10.1.2.3",
+            [("EMAIL_ADDRESS", "ann.lee@shopmail[DOT]org"), ("IP_ADDRESS", "10.1.2.3")],
+        ),
+    ],
+)
+def test_value_glued_to_an_obfuscated_address_is_found_with_it(
+    text: str, expected: list[tuple[str, str]]
+) -> None:
+    # As for a plain address: the value glued on is reported, never left in clear.
+    assert found(text) == expected
+
+
+@pytest.mark.parametrize("text", ["ann(at)shopmail(dot)org2024", "ann [at] shop [dot] io12 x"])
+def test_obfuscated_tld_with_digits_is_no_address(text: str) -> None:
+    assert found(text) == []
+
+
 @pytest.mark.skipif(not phone_regions.available(), reason="needs the [phones] extra")
 def test_glued_phone_is_checked_against_phone_regions() -> None:
     us = PIIDetector(phone_regions=["US"])
@@ -86,6 +115,12 @@ def test_glued_phone_is_checked_against_phone_regions() -> None:
         ("US_SSN", "321-54-9876"),
     ]
     assert ("PHONE_NUMBER", "333-123-4567") in found(text)
+    obfuscated = "ann(at)shop.io333-123-4567 bob(at)shop.io415-555-0132"
+    assert found(obfuscated, us) == [
+        ("EMAIL_ADDRESS", "ann(at)shop.io"),
+        ("EMAIL_ADDRESS", "bob(at)shop.io"),
+        ("PHONE_NUMBER", "415-555-0132"),
+    ]
 
 
 # --------------------------------------------------------------------------- obfuscated e-mails

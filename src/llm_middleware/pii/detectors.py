@@ -209,25 +209,33 @@ def _find_emails_at(text: str, sign: str, valid_phone: Validator | None = None) 
                 and (not start or text[start - 1] not in _AT_SIGNS)
             ):
                 end = domain.end()
-                # A TLD has no digits: "x@y.com2" is no address, but "x@y.com123-45-6789" is
-                # one with a value glued on.
-                glued = _find_glued(text, end) if text[end : end + 1] in _DIGIT_SET else []
-                if glued and glued[0].start > end:
-                    glued = []
-                if glued or end == len(text) or text[end] not in _DIGIT_SET:
+                glued = _glued_after(text, end, valid_phone)
+                if glued is not None:
                     found.append(Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.9))
-                    # A phone's shape ends the address; with phone_regions the phone itself
-                    # is reported only when valid there, like any other phone.
-                    for f in glued:
-                        if (
-                            f.entity_type != "PHONE_NUMBER"
-                            or valid_phone is None
-                            or valid_phone(f.text)
-                        ):
-                            found.append(f)
+                    found.extend(glued)
                     floor = end
         at = text.find(sign, at + 1)
     return found
+
+
+_NOTHING_GLUED: list[Finding] = []
+
+
+def _glued_after(text: str, end: int, valid_phone: Validator | None) -> list[Finding] | None:
+    """What follows an address ending at ``end``: ``None`` when it is no address (a TLD has
+    no digits: "x@y.com2"), else the values glued to it ("x@y.com123-45-6789": the SSN). A
+    phone's shape ends the address; with phone_regions the phone itself is reported only when
+    valid there, like any other phone."""
+    if end == len(text) or text[end] not in _DIGIT_SET:
+        return _NOTHING_GLUED
+    glued = _find_glued(text, end)
+    if not glued or glued[0].start > end:
+        return None
+    return [
+        f
+        for f in glued
+        if f.entity_type != "PHONE_NUMBER" or valid_phone is None or valid_phone(f.text)
+    ]
 
 
 _GLUED_MAX = 64
@@ -293,7 +301,14 @@ _PRONOUNS = frozenset(
 _LETTERS_ONLY = re.compile(r"[^\W\d_]+")
 
 
-def _find_obfuscated_emails(text: str) -> list[Finding]:
+def _obfuscated_glued_phones(valid: Validator) -> Finder:
+    def find(text: str) -> list[Finding]:
+        return _find_obfuscated_emails(text, valid)
+
+    return find
+
+
+def _find_obfuscated_emails(text: str, valid_phone: Validator | None = None) -> list[Finding]:
     # Candidates from substring tests first: most texts have none, and a regex call costs more
     # than the rest of the e-mail detection. In a long text a regex steps through it faster
     # than str.find of a word.
@@ -346,7 +361,12 @@ def _find_obfuscated_emails(text: str) -> list[Finding]:
         if bare_at and not _bare_at_is_address(text, start, local, domain[0]):
             continue
         end = domain.end()
-        found.append(Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.8 if bare_at else 0.9))
+        glued = _glued_after(text, end, valid_phone)  # as for a plain address
+        if glued is not None:
+            found.append(
+                Finding("EMAIL_ADDRESS", start, end, text[start:end], 0.8 if bare_at else 0.9)
+            )
+            found.extend(glued)
     return found
 
 
@@ -920,11 +940,12 @@ _URL_CREDENTIALS = Detector(
 _PHONES = Detector(frozenset({"PHONE_NUMBER"}), _find_phones, digits=True, near_digits=True)
 _EMAILS = Detector(frozenset({"EMAIL_ADDRESS", *_GLUED_TYPES}), _find_emails, hint="@")
 _FULLWIDTH_EMAILS = Detector(_EMAILS.entity_types, _find_fullwidth_emails, hint="\uff20")
+_OBFUSCATED_EMAILS = Detector(_EMAILS.entity_types, _find_obfuscated_emails)
 _BUILTINS: tuple[Detector, ...] = (
     # An address also reports the values glued to it (``_find_glued``).
     _EMAILS,
     _FULLWIDTH_EMAILS,
-    Detector(frozenset({"EMAIL_ADDRESS"}), _find_obfuscated_emails),
+    _OBFUSCATED_EMAILS,
     Detector(
         frozenset({"CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE", "UK_NINO"}),
         _find_numeric,
@@ -1007,19 +1028,62 @@ def unregister_detector(name: str) -> None:
 
 
 def _resolve_cluster(cluster: list[Finding], kept: list[Finding]) -> None:
-    """Greedy by priority: higher score first, then the longer span, then the earlier one."""
+    """Greedy by priority: higher score first, then the longer span, then the earlier one. A
+    finding that loses part of its span keeps what lies outside the winners when that still
+    holds a value's worth of characters (``_REMAINDER``): "212-555-0100 10::1" read as a
+    phone running into an IPv6 address masks both, instead of leaving the phone in clear."""
     if len(cluster) == 1:
         kept.append(cluster[0])
         return
     chosen: list[Finding] = []
     starts: list[int] = []
-    for f in sorted(cluster, key=lambda f: (-f.score, f.start - f.end, f.start)):
+    pending = sorted(cluster, key=lambda f: (-f.score, f.start - f.end, f.start))
+    while pending:
+        f = pending.pop(0)
         i = bisect.bisect_right(starts, f.start)
         if (i and chosen[i - 1].end > f.start) or (i < len(chosen) and chosen[i].start < f.end):
+            rest = _outside(f, chosen, max(0, i - 1))
+            if rest:
+                pending[:0] = rest  # same priority: placed before anything below it
             continue
         starts.insert(i, f.start)
         chosen.insert(i, f)
     kept.extend(chosen)
+
+
+#: The part of a finding outside a winner is kept when it still has 4 letters or digits.
+_REMAINDER = re.compile(r"[^\W_](?:[\W_]*[^\W_]){3}")
+_EDGE = " \t\r\n\xa0\u2009\u202f\u3000.,;:-/()[]{}<>\"'"
+
+
+def _outside(f: Finding, chosen: list[Finding], first: int) -> list[Finding]:
+    # ``chosen`` is sorted by start and non-overlapping; none before ``first`` reaches ``f``.
+    parts: list[Finding] = []
+    at = f.start
+    for j in range(first, len(chosen)):
+        c = chosen[j]
+        if c.start >= f.end:
+            break
+        if c.end <= at:
+            continue
+        if c.start > at:
+            parts.append(_part(f, at, c.start))
+        at = max(at, c.end)
+    if at < f.end and at > f.start:
+        parts.append(_part(f, at, f.end))
+    return [p for p in parts if p.end > p.start and _REMAINDER.search(p.text)]
+
+
+def _part(f: Finding, start: int, end: int) -> Finding:
+    # Separators are trimmed only where a winner cut the span; the finding's own ends stay.
+    text = f.text[start - f.start : end - f.start]
+    if end < f.end:
+        text = text.rstrip(_EDGE)
+    if start > f.start:
+        trimmed = text.lstrip(_EDGE)
+        start += len(text) - len(trimmed)
+        text = trimmed
+    return Finding(f.entity_type, start, start + len(text), text, f.score)
 
 
 def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
@@ -1109,6 +1173,9 @@ class PIIDetector:
                     _EMAILS.entity_types,
                     _emails_glued_phones("\uff20", valid),
                     hint="\uff20",
+                ),
+                id(_OBFUSCATED_EMAILS): Detector(
+                    _EMAILS.entity_types, _obfuscated_glued_phones(valid)
                 ),
             }
             detectors = tuple(swap.get(id(d), d) for d in detectors)
