@@ -7,17 +7,7 @@ import pytest
 
 from llm_middleware.pii import Finding, PIIDetector, register_detector
 from llm_middleware.pii.detectors import BUILTIN_ENTITIES, make_detector, unregister_detector
-
-DETECTOR = PIIDetector()
-
-
-def found(text: str, detector: PIIDetector = DETECTOR) -> list[tuple[str, str]]:
-    return [(f.entity_type, f.text) for f in detector.detect(text)]
-
-
-def only(entity: str, text: str) -> list[str]:
-    return [value for kind, value in found(text) if kind == entity]
-
+from pii_helpers import DETECTOR, found, only
 
 # --------------------------------------------------------------------------- per entity
 

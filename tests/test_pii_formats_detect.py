@@ -11,17 +11,7 @@ import time
 import pytest
 
 from llm_middleware.pii import PIIDetector
-
-DETECTOR = PIIDetector()
-
-
-def found(text: str) -> list[tuple[str, str]]:
-    return [(f.entity_type, f.text) for f in DETECTOR.detect(text)]
-
-
-def only(entity: str, text: str) -> list[str]:
-    return [f.text for f in DETECTOR.detect(text) if f.entity_type == entity]
-
+from pii_helpers import DETECTOR, found, only
 
 # --------------------------------------------------------------------------- phones
 

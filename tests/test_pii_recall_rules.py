@@ -6,17 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llm_middleware.pii import PIIDetector, phone_regions
-
-DETECTOR = PIIDetector()
-
-
-def found(text: str, detector: PIIDetector = DETECTOR) -> list[tuple[str, str]]:
-    return [(f.entity_type, f.text) for f in detector.detect(text)]
-
-
-def only(entity: str, text: str) -> list[str]:
-    return [value for kind, value in found(text) if kind == entity]
-
+from pii_helpers import DETECTOR, found, only
 
 # --------------------------------------------------------------------------- glued to an address
 
