@@ -36,9 +36,8 @@ def serve(fault_server: FaultServer, adapter: str) -> Iterator[Serve]:
 
     @contextlib.contextmanager
     def start(provider_url: str | None = None, **overrides: Any) -> Iterator[str]:
-        config = make_config(
-            provider_url or fault_server.url, budget_ms=GUARANTEE_BUDGET_MS, **overrides
-        )
+        overrides.setdefault("budget_ms", GUARANTEE_BUDGET_MS)
+        config = make_config(provider_url or fault_server.url, **overrides)
         if adapter == "asgi":
             with serve_asgi_thread(build_starlette(config)) as base:
                 yield base
