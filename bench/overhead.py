@@ -172,7 +172,11 @@ async def _discard(message: dict[str, Any]) -> None:
     return None
 
 
-def asgi_caller(app: Any) -> Call:
+def asgi_caller(
+    app: Any, receive: Callable[[], Callable[[], Awaitable[dict[str, Any]]]] = lambda: _receive
+) -> Call:
+    """One request through an ASGI app; ``receive()`` gives each request its receive."""
+
     async def call(case: Case) -> tuple[int, dict[str, str]]:
         start: dict[str, Any] = {}
 
@@ -180,7 +184,7 @@ def asgi_caller(app: Any) -> Call:
             if message["type"] == "http.response.start":
                 start.update(message)
 
-        await app(asgi_scope(case.path, case.query), _receive, send)
+        await app(asgi_scope(case.path, case.query), receive(), send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
         return start.get("status", 0), headers
 
@@ -229,18 +233,7 @@ def _once_receive() -> Callable[[], Awaitable[dict[str, Any]]]:
 
 
 def django_asgi_caller(app: Any) -> Call:
-    async def call(case: Case) -> tuple[int, dict[str, str]]:
-        start: dict[str, Any] = {}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-
-        await app(asgi_scope(case.path, case.query), _once_receive(), send)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
-        return start.get("status", 0), headers
-
-    return call
+    return asgi_caller(app, _once_receive)
 
 
 def django_asgi_driver(handler: Any, case: Case) -> Driver:

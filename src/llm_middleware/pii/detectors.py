@@ -525,15 +525,21 @@ def _card_brand_valid(digits: str) -> bool:
 _CARD_GROUPS = re.compile(r"[0-9]+")
 
 
+def _card_groups(value: str) -> list[str] | None:
+    """The digit groups of a card run written with one separator kind (" ", "-", ".", "/",
+    two spaces), or None when it mixes them."""
+    groups = _CARD_GROUPS.findall(value)
+    sep = value[len(groups[0]) : value.index(groups[1], len(groups[0]))]
+    return groups if sep.join(groups) == value else None
+
+
 def _card_valid(value: str) -> bool:
-    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind
-    # (" ", "-", ".", "/", two spaces).
+    # One block of digits, or a 4-digit first group, 4-6 digit middle ones, one separator kind.
     if value.isdigit():
         digits = value
     else:
-        groups = _CARD_GROUPS.findall(value)
-        sep = value[len(groups[0]) : value.index(groups[1], len(groups[0]))]
-        if sep.join(groups) != value or len(groups[-1]) > 6 or len(groups[0]) != 4:
+        groups = _card_groups(value)
+        if groups is None or len(groups[-1]) > 6 or len(groups[0]) != 4:
             return False
         for group in groups[1:-1]:
             if not 4 <= len(group) <= 6:
@@ -562,9 +568,8 @@ def _card_shaped(value: str) -> bool:
     if value.isdigit():
         digits = value
     else:
-        groups = _CARD_GROUPS.findall(value)
-        sep = value[len(groups[0]) : value.index(groups[1], len(groups[0]))]
-        if sep.join(groups) != value or tuple(map(len, groups)) not in _CARD_SHAPES:
+        groups = _card_groups(value)
+        if groups is None or tuple(map(len, groups)) not in _CARD_SHAPES:
             return False
         digits = "".join(groups)
     return (len(digits) == 15 or len(digits) == 16) and _luhn_valid(digits)
